@@ -1,0 +1,45 @@
+"""Launcher: ``python -m api prepare`` readies the storage; ``python -m api serve`` also starts Uvicorn.
+
+``serve`` is how Windows runs the service (Gunicorn does not run there); on Linux and macOS
+start_server.sh runs Gunicorn with gunicorn.conf.py instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging.config
+import sys
+
+from api.logs import logging_config
+from api.settings import SettingsError, settings_or_exit
+from api.startup import prepare_storage
+from api.worker import CONNECTION_DRAIN_SECONDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["prepare", "serve"])
+    args = parser.parse_args(argv)
+    settings = settings_or_exit()
+    logging.config.dictConfig(logging_config(settings.log_level))
+    try:
+        prepare_storage(settings)
+    except SettingsError as exc:
+        print(f"etl-task-api: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        import uvicorn
+
+        uvicorn.run(
+            "api.main:app",
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=logging_config(settings.log_level),
+            timeout_graceful_shutdown=CONNECTION_DRAIN_SECONDS,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Request dependencies: the worker's services and the caller's identity and role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.auth import Identity, KeyRing, require
+from api.runner import Runner
+from api.scheduler import CleanupScheduler
+from api.settings import Settings
+from api.store import TaskStore
+
+
+@dataclass
+class Services:
+    """What one worker process serves requests with; built at startup, after fork."""
+
+    settings: Settings
+    store: TaskStore
+    runner: Runner
+    scheduler: CleanupScheduler
+    keys: KeyRing
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return request.headers.get("x-api-key")
+
+
+def _role(role: str):
+    def check(request: Request, services: ServicesDep) -> Identity:
+        identity = services.keys.identify(_presented_key(request))
+        require(identity, role)
+        request.state.identity = identity
+        return identity
+
+    return check
+
+
+Viewer = Annotated[Identity, Depends(_role("viewer"))]
+Operator = Annotated[Identity, Depends(_role("operator"))]
+Admin = Annotated[Identity, Depends(_role("admin"))]
+
+
+def client_of(request: Request) -> str | None:
+    return request.client.host if request.client else None

@@ -1,0 +1,43 @@
+"""Logging configuration for the entry points (Gunicorn and the Windows launcher), never for libraries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from etl import runtime
+
+FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s [%(task_id)s] %(message)s"
+
+
+class TaskIdFilter(logging.Filter):
+    """Adds ``task_id`` to every record: the id of the task whose thread logged it, or '-'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = runtime.current()
+        record.task_id = context.task_id if context else "-"
+        return True
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"task_id": {"()": TaskIdFilter}},
+        "formatters": {
+            "default": {"format": FORMAT},
+            "access": {"format": "%(asctime)s ACCESS [%(process)d] %(message)s"},
+        },
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "default", "filters": ["task_id"],
+                        "stream": "ext://sys.stderr"},
+            "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+        },
+        "root": {"level": level, "handlers": ["console"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+            "uvicorn.error": {"level": level, "handlers": ["console"], "propagate": False},
+            "uvicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        },
+    }

@@ -1,0 +1,74 @@
+"""The ASGI app (``api.main:app``): routes, error handlers, and per-worker start and stop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import FastAPI
+
+from api.auth import KeyRing
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.middleware import BodyLimitAndHeaders
+from api.routes import ops, tasks
+from api.runner import Runner
+from api.scheduler import CleanupScheduler
+from api.settings import Settings, settings_or_exit
+from api.startup import make_store
+from etl import registry
+
+logger = logging.getLogger(__name__)
+
+# Left of the graceful timeout for draining connections (5 s) and recording what was interrupted.
+SHUTDOWN_MARGIN_SECONDS = 8.0
+
+
+def build_services(settings: Settings) -> Services:
+    """Open the store and start this worker's runner and scheduler (after fork, never at import)."""
+    store = make_store(settings)
+    store.open()
+    registry.load_steps()
+    runner = Runner(store, settings)
+    store.ensure_index(runner.worker.id)
+    runner.start()
+    scheduler = CleanupScheduler(store, runner.worker.id, settings.cleanup_interval_seconds)
+    scheduler.start()
+    return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; ``settings`` defaults to the environment's, read when a worker starts."""
+
+    def active_settings() -> Settings:
+        return settings or settings_or_exit()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        current = active_settings()
+        services = build_services(current)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            wait = max(1.0, current.graceful_timeout_seconds - SHUTDOWN_MARGIN_SECONDS)
+            services.scheduler.stop()
+            await anyio.to_thread.run_sync(services.runner.shutdown, wait)
+            services.store.close()
+
+    app = FastAPI(
+        title="ETL Task API",
+        version="2.0.0",
+        summary="Run ETL steps as tasks: start, poll, read the output, stop.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(tasks.router)
+    app.include_router(ops.router)
+    app.add_middleware(BodyLimitAndHeaders, max_bytes=lambda: active_settings().max_body_bytes)
+    return app
+
+
+app = create_app()

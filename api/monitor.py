@@ -1,0 +1,191 @@
+"""What admins see: health checks, statistics and Prometheus metrics, all from the shared store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+from api.deps import Services
+from api.scheduler import LEASE_SECONDS
+from api.store import K_CLEANUP
+from api.task import TaskStatus, parse_iso
+
+CACHE_READ_LIMIT_SECONDS = 2.0
+SCHEDULER_SILENT_SECONDS = 10.0
+
+
+def _check(ok: bool, detail: str) -> dict[str, Any]:
+    return {"ok": ok, "detail": detail}
+
+
+def _storage_writable(services: Services) -> dict[str, Any]:
+    probe = services.store.paths.root / f".health-{os.getpid()}"
+    try:
+        with open(probe, "w", encoding="utf-8") as out:
+            out.write("ok")
+            out.flush()
+            os.fsync(out.fileno())
+        probe.unlink()
+        return _check(True, "task storage accepts writes")
+    except OSError as exc:
+        return _check(False, f"task storage is not writable: {exc.strerror or exc}")
+
+
+def _cache_readable(services: Services) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        services.store.get_value(K_CLEANUP + "next")
+        services.store.queued_count()
+    except Exception as exc:
+        return _check(False, f"task cache cannot be read: {exc}")
+    took = time.monotonic() - started
+    if took > CACHE_READ_LIMIT_SECONDS:
+        return _check(False, f"task cache read took {took:.1f} s (limit {CACHE_READ_LIMIT_SECONDS:g} s)")
+    return _check(True, f"task cache read in {took * 1000:.1f} ms")
+
+
+def _disk_free(services: Services) -> dict[str, Any]:
+    free_mb = shutil.disk_usage(services.store.paths.root).free / 1024 / 1024
+    limit = services.settings.min_free_disk_mb
+    if free_mb < limit:
+        return _check(False, f"{free_mb:.0f} MB free on the storage disk (minimum {limit:g} MB)")
+    return _check(True, f"{free_mb:.0f} MB free on the storage disk")
+
+
+def _scheduler(services: Services) -> dict[str, Any]:
+    scheduler = services.scheduler
+    if not scheduler.alive or time.time() - scheduler.last_check > SCHEDULER_SILENT_SECONDS:
+        return _check(False, "this worker's cleanup scheduler thread is not running")
+    next_run = services.store.get_value(K_CLEANUP + "next")
+    if next_run is not None and time.time() > next_run + LEASE_SECONDS + 30:
+        return _check(False, f"cleanup is overdue by {time.time() - next_run:.0f} s (no worker ran it)")
+    return _check(True, "cleanup scheduler alive and on time")
+
+
+def _runner(services: Services) -> dict[str, Any]:
+    if not services.runner.alive:
+        return _check(False, "this worker's task runner thread is not running")
+    return _check(True, "task runner alive")
+
+
+def _capacity(services: Services) -> dict[str, Any]:
+    store = services.store
+    running, queued = store.live_running(), store.queued_count()
+    detail = f"{running}/{store.max_running} running, {queued}/{store.max_queued} queued"
+    return _check(queued < store.max_queued or store.max_queued == 0, detail)
+
+
+def _stuck(services: Services) -> dict[str, Any]:
+    settings = services.settings
+    limit = settings.task_timeout_seconds + settings.stop_grace_seconds + 30
+    tasks, _ = services.store.list_tasks(status=TaskStatus.RUNNING, step=None, limit=500, cursor=None)
+    stuck = [t.task_id for t in tasks if t.started_at and time.time() - parse_iso(t.started_at) > limit]
+    if stuck:
+        return _check(False, f"{len(stuck)} task(s) running past the timeout: {', '.join(stuck[:5])}")
+    return _check(True, "no task is running past its timeout")
+
+
+CHECKS = {
+    "storage_writable": _storage_writable,
+    "cache_readable": _cache_readable,
+    "disk_free": _disk_free,
+    "cleanup_scheduler": _scheduler,
+    "task_runner": _runner,
+    "capacity": _capacity,
+    "stuck_tasks": _stuck,
+}
+
+
+def health(services: Services) -> tuple[bool, dict[str, Any]]:
+    checks = {}
+    for name, check in CHECKS.items():
+        try:
+            checks[name] = check(services)
+        except Exception as exc:
+            checks[name] = _check(False, f"check failed: {type(exc).__name__}")
+    failing = [name for name, result in checks.items() if not result["ok"]]
+    return not failing, {"status": "failing" if failing else "ok", "failing": failing, "checks": checks}
+
+
+def _percentile(samples: list[float], fraction: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def stats(services: Services) -> dict[str, Any]:
+    store = services.store
+    counts = store.counts()
+    completed = sum(states.get("completed", 0) for states in counts["ended"].values())
+    failed = sum(states.get("failed", 0) for states in counts["ended"].values())
+    running, queued = store.live_running(), store.queued_count()
+    alive = store.alive_workers()
+    durations = {
+        step: {"samples": len(samples), "p50": _percentile(samples, 0.5), "p95": _percentile(samples, 0.95),
+               "max": max(samples) if samples else None}
+        for step, samples in store.durations().items()
+    }
+    workers = [
+        {"host": beat["host"], "pid": beat["pid"], "alive": beat["id"] in alive, "running": beat.get("running", 0),
+         "tasks_started": counts["per_worker"].get(f"{beat['host']}:{beat['pid']}", 0)}
+        for beat in store.workers()
+    ]
+    return {
+        "tasks": {"by_status": counts["by_status"], "stored": sum(counts["by_status"].values())},
+        "by_step": counts["by_step"],
+        "submitted_total": counts["submitted"],
+        "ended_total": counts["ended"],
+        "capacity": {"running": running, "queued": queued, "max_concurrent_tasks": store.max_running,
+                     "max_queued_tasks": store.max_queued, "free_slots": max(0, store.max_running - running)},
+        "success_rate": round(completed / (completed + failed), 4) if completed + failed else None,
+        "duration_seconds": durations,
+        "storage": {"cache_bytes": store.cache_size_bytes(),
+                    "disk_free_bytes": shutil.disk_usage(store.paths.root).free},
+        "workers": workers,
+        "tasks_per_worker": {f"{w['host']}:{w['pid']}": w["tasks_started"] for w in workers},
+        "last_cleanup": store.get_value(K_CLEANUP + "last"),
+    }
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                     for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def metrics(services: Services) -> str:
+    """Prometheus text format, computed from the shared store so every worker reports the same."""
+    store = services.store
+    counts = store.counts()
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lines.append(f"{name}{_labels(**labels)} {value}")
+
+    family("etl_tasks_submitted_total", "counter", "Tasks accepted, by step.",
+           [({"step": step}, n) for step, n in sorted(counts["submitted"].items())])
+    family("etl_tasks_ended_total", "counter", "Tasks that ended, by step and final status.",
+           [({"step": step, "status": status}, n) for step, states in sorted(counts["ended"].items())
+            for status, n in sorted(states.items())])
+    family("etl_tasks", "gauge", "Tasks now stored, by status.",
+           [({"status": status}, n) for status, n in counts["by_status"].items()])
+    family("etl_tasks_running", "gauge", "Tasks running on live workers.", [({}, store.live_running())])
+    family("etl_tasks_queued", "gauge", "Tasks waiting for a slot.", [({}, store.queued_count())])
+    family("etl_max_concurrent_tasks", "gauge", "The global running cap.", [({}, store.max_running)])
+    alive = store.alive_workers()
+    family("etl_worker_heartbeat_timestamp_seconds", "gauge", "Last heartbeat of each worker.",
+           [({"worker": f"{b['host']}:{b['pid']}", "alive": str(b["id"] in alive).lower()}, b.get("at", 0))
+            for b in store.workers()])
+    last = store.get_value(K_CLEANUP + "last")
+    family("etl_cleanup_last_run_timestamp_seconds", "gauge", "When cleanup last ran.",
+           [({}, parse_iso(last["at"]) if last else 0)])
+    family("etl_cleanup_last_removed", "gauge", "Tasks removed by the last cleanup.",
+           [({}, last["removed"] if last else 0)])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""HTTP routes: thin handlers that parse, call the store/runner, and shape the answer."""

@@ -1,0 +1,202 @@
+"""Running, watching and stopping tasks; the step catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.deps import Operator, ServicesDep, Viewer, client_of
+from api.errors import BadRequest, InvalidParameters, NotFound, WrongState, describe_field_errors, field_errors
+from api.task import TaskStatus, is_task_id
+from etl import registry
+from etl.errors import UnknownStep
+
+router = APIRouter()
+
+MAX_WAIT_SECONDS = 60
+WAIT_POLL_SECONDS = 0.05
+MAX_LOG_LINES = 5000
+
+
+class RunRequest(BaseModel):
+    """The v1 request body; every field is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] = Field(default_factory=dict, description="The step's parameters (see GET /steps).")
+    previous_outputs: dict[str, Any] = Field(default_factory=dict, description="Outputs of earlier steps of a chain.")
+    custom_params: dict[str, Any] = Field(default_factory=dict, description="Free-form values passed to the step.")
+
+
+def _step(services: ServicesDep, name: str) -> registry.Step:
+    try:
+        return registry.get_step(name, include_diagnostic=services.settings.diagnostic_steps)
+    except UnknownStep as exc:
+        raise NotFound(str(exc)) from None
+
+
+def _task_links(request: Request, task_id: str) -> dict[str, str]:
+    return {
+        "status_url": str(request.url_for("task_status", task_id=task_id).path),
+        "output_url": str(request.url_for("task_output", task_id=task_id).path),
+    }
+
+
+@router.post("/run/{step_name}", status_code=202, summary="Start a task")
+def run_step(
+    step_name: str,
+    request: Request,
+    services: ServicesDep,
+    identity: Operator,
+    body: Annotated[RunRequest | None, Body()] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JSONResponse:
+    """Start `step_name` as a task and answer at once with its id (202)."""
+    step = _step(services, step_name)
+    body = body or RunRequest()
+    try:
+        params = step.params_model.model_validate(body.parameters)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors(), ("parameters",))
+        raise InvalidParameters(
+            f"Invalid parameters for step {step_name}: {describe_field_errors(errors)}.", errors=errors
+        ) from None
+    idempotency = None
+    if idempotency_key:
+        request_json = json.dumps([step_name, body.model_dump()], sort_keys=True, default=str)
+        scope = f"{identity.name}\n{idempotency_key}"
+        idempotency = (hashlib.sha256(scope.encode()).hexdigest(), hashlib.sha256(request_json.encode()).hexdigest())
+    task, replayed = services.runner.submit(
+        step_name, params, body.model_dump(), identity.as_dict(client_of(request)), idempotency
+    )
+    links = _task_links(request, task.task_id)
+    content = {"task_id": task.task_id, "status": task.status.value, "step_name": task.step_name,
+               "created_at": task.created_at, **links}
+    headers = {"Location": links["status_url"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(content, status_code=202, headers=headers)
+
+
+@router.get("/status/{task_id}", name="task_status", summary="A task's state")
+async def task_status(
+    task_id: str,
+    services: ServicesDep,
+    _: Viewer,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Long-poll: wait up to N s for a change.")] = 0,
+) -> dict[str, Any]:
+    """The task's state; with `wait`, answers as soon as its state or progress changes."""
+    task = services.store.get(task_id)
+    if wait and not task.status.terminal:
+        seen = (task.status, task.progress, task.stop_requested)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(WAIT_POLL_SECONDS)
+            task = services.store.get(task_id)
+            if (task.status, task.progress, task.stop_requested) != seen:
+                break
+    return task.status_view()
+
+
+@router.get("/output/{task_id}", name="task_output", summary="A task's result or error")
+async def task_output(task_id: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
+    """The result of a completed task, or the error (with traceback) of a failed one."""
+    task = services.store.get(task_id)
+    if not task.status.terminal:
+        raise WrongState(
+            f"Task {task_id} is {task.status.value}; its output exists once it ends. Poll GET /status/{task_id}.",
+            status=task.status.value,
+        )
+    answer: dict[str, Any] = {"task_id": task.task_id, "step_name": task.step_name, "status": task.status.value,
+                              "completed_at": task.completed_at, "artifacts": task.artifacts}
+    if task.status is TaskStatus.COMPLETED:
+        answer["result"] = task.result
+    else:
+        answer["result"] = None
+        answer["error"] = task.error
+        answer["message"] = task.message
+    return answer
+
+
+@router.get("/logs/{task_id}", summary="A task's log lines")
+def task_logs(
+    task_id: str,
+    services: ServicesDep,
+    _: Viewer,
+    since: Annotated[int, Query(ge=0, description="Skip this many lines (the `next` of the previous call).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_LINES)] = 1000,
+) -> dict[str, Any]:
+    """The task's log, from line `since` on."""
+    task = services.store.get(task_id)
+    lines: list[str] = []
+    number = 0
+    try:
+        with open(services.store.paths.log_file(task_id), encoding="utf-8", errors="replace") as log:
+            for number, line in enumerate(log, 1):
+                if number > since:
+                    lines.append(line.rstrip("\n"))
+                    if len(lines) >= limit:
+                        break
+    except FileNotFoundError:
+        pass
+    next_line = since + len(lines)
+    return {"task_id": task_id, "status": task.status.value, "since": since, "next": next_line,
+            "lines": lines, "complete": task.status.terminal and len(lines) < limit}
+
+
+@router.post("/stop/{task_id}", summary="Stop a task")
+def stop_task(task_id: str, request: Request, services: ServicesDep, identity: Operator) -> JSONResponse:
+    """Ask a task to stop: 202 while it takes effect, 200 once stopped, 409 if it already ended otherwise."""
+    task = services.store.request_stop(task_id, identity.as_dict(client_of(request)))
+    if task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+        raise WrongState(f"Task {task_id} already {task.status.value}; there is nothing to stop.",
+                         status=task.status.value)
+    runner = services.runner
+    content = {"task_id": task_id, "status": task.status.value, "stop_requested": True,
+               "status_url": _task_links(request, task_id)["status_url"],
+               "received_by": {"host": runner.worker.host, "pid": runner.worker.pid}}
+    if task.status is TaskStatus.STOPPED:
+        return JSONResponse({**content, "detail": "The task is stopped."}, status_code=200)
+    return JSONResponse({**content, "detail": "Stop requested; the task stops within seconds."}, status_code=202)
+
+
+@router.get("/tasks", summary="List tasks, newest first")
+async def list_tasks(
+    services: ServicesDep,
+    _: Viewer,
+    status: TaskStatus | None = None,
+    step: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+) -> dict[str, Any]:
+    """Tasks newest first, filtered by status and step; follow `next_cursor` for the next page."""
+    if cursor is not None and not is_task_id(cursor):
+        raise BadRequest("The cursor is not valid; pass the next_cursor value of the previous page.")
+    tasks, next_cursor = services.store.list_tasks(status=status, step=step, limit=limit, cursor=cursor)
+    return {"tasks": [t.summary_view() for t in tasks], "count": len(tasks), "next_cursor": next_cursor}
+
+
+def _describe(step: registry.Step) -> dict[str, Any]:
+    return {"name": step.name, "title": step.title, "description": step.description,
+            "diagnostic": step.diagnostic, "parameters": step.parameters_schema()}
+
+
+@router.get("/steps", summary="The step catalogue")
+async def list_steps(services: ServicesDep, _: Viewer) -> dict[str, Any]:
+    """Every step with its parameters' JSON schema."""
+    steps = registry.available(services.settings.diagnostic_steps)
+    return {"steps": [_describe(s) for s in steps.values()], "count": len(steps)}
+
+
+@router.get("/steps/{step_name}", summary="One step")
+async def get_step(step_name: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
+    """One step with its parameters' JSON schema."""
+    return _describe(_step(services, step_name))
+

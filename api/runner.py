@@ -1,0 +1,271 @@
+"""Runs tasks in threads of this worker process, and keeps the worker's side of the shared rules.
+
+One control thread per worker: heartbeats, flushes progress, delivers stop requests, enforces
+timeouts and the stop grace period, fails tasks of dead workers, and starts queued tasks as
+slots free up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from api.errors import ShuttingDown
+from api.settings import Settings
+from api.store import TaskStore, WorkerInfo
+from api.task import Task, TaskStatus, mask_secrets, new_task_id, now_iso
+from etl import registry, runtime
+from etl.errors import StepStopped
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.1
+PROGRESS_FLUSH_SECONDS = 0.5
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass
+class LocalTask:
+    """A task whose thread runs in this process."""
+
+    task_id: str
+    context: runtime.TaskContext
+    thread: threading.Thread
+    started: float = field(default_factory=time.monotonic)
+    stop_seen: float | None = None
+    last_flush: float = 0.0
+
+
+class Runner:
+    """This worker's task threads and control loop."""
+
+    def __init__(self, store: TaskStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.worker = WorkerInfo(
+            id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        self._tasks: dict[str, LocalTask] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self._log_handler = runtime.TaskLogHandler()
+        self._log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.abandoned = 0
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        logging.getLogger().addHandler(self._log_handler)
+        etl_logger = logging.getLogger("etl")
+        if etl_logger.getEffectiveLevel() > logging.INFO:
+            etl_logger.setLevel(logging.INFO)  # task logs keep INFO lines whatever the server log level
+        self.store.heartbeat(self.worker, started_at=now_iso(), running=0)
+        self._loop_thread = threading.Thread(target=self._loop, name="etl-runner", daemon=True)
+        self._loop_thread.start()
+        logger.info("worker %s ready", self.worker.id)
+
+    @property
+    def alive(self) -> bool:
+        return self._loop_thread is not None and self._loop_thread.is_alive()
+
+    def shutdown(self, wait_seconds: float) -> None:
+        """Stop taking tasks, ask running ones to stop, wait, and record what was interrupted."""
+        self._closing.set()
+        with self._lock:
+            local = list(self._tasks.values())
+        for item in local:
+            item.context.request_stop("shutdown")
+        deadline = time.monotonic() + wait_seconds
+        for item in local:
+            item.thread.join(max(0.0, deadline - time.monotonic()))
+        for item in local:
+            if item.thread.is_alive():
+                reason = "the worker shut down before the step finished"
+                self.store.finish(item.task_id, TaskStatus.FAILED, reason,
+                                  error={"type": "WorkerLost", "message": reason, "traceback": None})
+                logger.warning("task %s: interrupted by shutdown", item.task_id)
+        self._wake.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join(2)
+        logging.getLogger().removeHandler(self._log_handler)
+        self.store.forget_worker(self.worker)
+        logger.info("worker %s stopped (%d task(s) interrupted)", self.worker.id, len(local))
+
+    # --- submitting ----------------------------------------------------------------------
+
+    def submit(self, step_name: str, params: BaseModel, body: dict[str, Any],
+               requested_by: dict[str, Any] | None, idempotency: tuple[str, str] | None) -> tuple[Task, bool]:
+        """Admit a task for ``step_name`` (already validated); returns (task, replayed)."""
+        if self._closing.is_set():
+            raise ShuttingDown()
+        task_id = new_task_id()
+        task = Task(
+            task_id=task_id,
+            step_name=step_name,
+            status=TaskStatus.QUEUED,
+            created_at=now_iso(),
+            params=params.model_dump(mode="json"),
+            previous_outputs=body.get("previous_outputs") or {},
+            custom_params=body.get("custom_params") or {},
+            log_file=str(self.store.paths.log_file(task_id)),
+            requested_by=requested_by,
+        )
+        task, replayed = self.store.submit(task, self.worker, idempotency)
+        if not replayed:
+            if task.status is TaskStatus.RUNNING:
+                self._launch(task)
+            else:
+                self._wake.set()
+        return task, replayed
+
+    def _launch(self, task: Task) -> None:
+        context = runtime.TaskContext(
+            task_id=task.task_id,
+            input_dir=self.settings.input_dir,
+            output_dir=self.settings.output_dir,
+            work_dir=self.store.paths.work_dir(task.task_id),
+            previous_outputs=task.previous_outputs,
+            custom_params=task.custom_params,
+            log_file=self.store.paths.log_file(task.task_id),
+        )
+        thread = threading.Thread(target=self._execute, args=(task, context), name=f"task-{task.task_id}", daemon=True)
+        with self._lock:
+            self._tasks[task.task_id] = LocalTask(task.task_id, context, thread)
+        thread.start()
+
+    def _execute(self, task: Task, context: runtime.TaskContext) -> None:
+        """The task thread: run the step and record how it ended."""
+        status, reason, result, error = TaskStatus.FAILED, "", None, None
+        with runtime.bind(context):
+            logger.info("task %s: step %s started on worker %s", task.task_id, task.step_name, self.worker.id)
+            try:
+                step = registry.get_step(task.step_name, include_diagnostic=True)
+                params = step.params_model.model_validate(task.params)
+                result = step.run(params)
+                status, reason = TaskStatus.COMPLETED, "the step finished"
+            except StepStopped as exc:
+                if context.stop_reason == "timeout":
+                    reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s"
+                    error = {"type": "Timeout", "message": reason, "traceback": None}
+                elif context.stop_reason == "shutdown":
+                    status, reason = TaskStatus.STOPPED, "stopped because the worker shut down"
+                else:
+                    status, reason = TaskStatus.STOPPED, f"stopped on request ({exc})"
+            except Exception as exc:
+                reason = f"the step raised {type(exc).__name__}"
+                error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+                logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, exc)
+            logger.info("task %s: %s", task.task_id, status.value)
+        try:
+            self._record_end(context, status, reason, result, error)
+        except Exception:
+            logger.exception("task %s: could not record its end", task.task_id)
+        finally:
+            with self._lock:
+                self._tasks.pop(task.task_id, None)
+            self._wake.set()
+
+    def _record_end(self, context: runtime.TaskContext, status: TaskStatus, reason: str, result: Any,
+                    error: dict[str, Any] | None) -> None:
+        def extra(task: Task) -> None:
+            task.log_tail = list(context.log_tail)
+            task.log_lines = context.log_lines
+            task.artifacts = list(context.artifacts)
+            if status is not TaskStatus.COMPLETED:
+                task.progress = context.progress
+
+        self.store.finish(context.task_id, status, reason, result=mask_secrets(result) if result is not None else None,
+                          error=error, extra=extra)
+
+    # --- the control loop ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        last_beat = 0.0
+        while not self._closing.is_set() or self._has_tasks():
+            try:
+                now = time.monotonic()
+                if now - last_beat >= self.settings.heartbeat_interval_seconds:
+                    last_beat = now
+                    with self._lock:
+                        running = len(self._tasks)
+                    self.store.heartbeat(self.worker, running=running, abandoned=self.abandoned)
+                    self.store.reap_lost()
+                self._watch_tasks(now)
+                if not self._closing.is_set():
+                    self._start_queued()
+            except Exception:
+                logger.exception("runner loop error (retrying)")
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
+            if self._closing.is_set() and not self._has_tasks():
+                break
+
+    def _has_tasks(self) -> bool:
+        with self._lock:
+            return bool(self._tasks)
+
+    def _watch_tasks(self, now: float) -> None:
+        with self._lock:
+            local = list(self._tasks.values())
+        if not local:
+            return
+        pending = self.store.pending_stops([item.task_id for item in local])
+        for item in local:
+            context = item.context
+            if item.task_id in pending and not context.stop_event.is_set():
+                logger.info("task %s: stop requested; telling the step", item.task_id)
+                context.request_stop("request")
+            if not context.stop_event.is_set() and now - item.started > self.settings.task_timeout_seconds:
+                logger.warning("task %s: timed out; stopping it", item.task_id)
+                context.request_stop("timeout")
+            if context.stop_event.is_set():
+                item.stop_seen = item.stop_seen or now
+                if now - item.stop_seen > self.settings.stop_grace_seconds and context.stop_reason != "shutdown":
+                    self._abandon(item)
+                    continue
+            if context.changed.is_set() and now - item.last_flush >= PROGRESS_FLUSH_SECONDS:
+                context.changed.clear()
+                item.last_flush = now
+                self.store.save_progress(item.task_id, context.progress, context.message, list(context.log_tail),
+                                         context.log_lines, list(context.artifacts))
+
+    def _abandon(self, item: LocalTask) -> None:
+        """The step ignored the stop for the whole grace period: end the task, leave the thread."""
+        grace = self.settings.stop_grace_seconds
+        if item.context.stop_reason == "timeout":
+            reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s and ignored the stop for {grace:g} s"
+            self.store.finish(item.task_id, TaskStatus.FAILED, reason,
+                              error={"type": "Timeout", "message": reason, "traceback": None})
+        else:
+            reason = f"the step did not stop within {grace:g} s; its thread was abandoned"
+            self.store.finish(item.task_id, TaskStatus.STOPPED, reason)
+        logger.warning("task %s: %s", item.task_id, reason)
+        with self._lock:
+            self._tasks.pop(item.task_id, None)
+            self.abandoned += 1
+        self._wake.set()
+
+    def _start_queued(self) -> None:
+        while not self._closing.is_set():
+            task = self.store.claim_next(self.worker)
+            if task is None:
+                return
+            logger.info("task %s: starting from the queue", task.task_id)
+            self._launch(task)
+
+    def running_here(self) -> int:
+        with self._lock:
+            return len(self._tasks)

@@ -1,0 +1,135 @@
+"""The service's settings: read once from ``ETL_*`` variables (and ``.env``), validated loudly."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+ROLES = ("viewer", "operator", "admin")
+
+
+class SettingsError(Exception):
+    """A setting has a value the service cannot run with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ETL_",
+        env_file=PROJECT_ROOT / ".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(4, ge=1, le=64)
+    worker_class: Literal["uvicorn", "asgi"] = "uvicorn"
+    storage_dir: Path = Path("task_storage")
+    task_ttl_hours: float = Field(24.0, gt=0)
+    max_concurrent_tasks: int = Field(25, ge=1)
+    max_queued_tasks: int = Field(1000, ge=0)
+    cleanup_interval_seconds: float = Field(300.0, gt=0)
+    task_timeout_seconds: float = Field(21600.0, gt=0)
+    stop_grace_seconds: float = Field(10.0, gt=0)
+    graceful_timeout_seconds: float = Field(30.0, ge=10)
+    heartbeat_interval_seconds: float = Field(1.0, gt=0, le=10)
+    worker_lost_after_seconds: float = Field(3.0, gt=0)
+    cache_timeout_seconds: float = Field(10.0, gt=0)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    min_free_disk_mb: float = Field(100.0, ge=0)
+    input_dir: Path = Path("etl/samples")
+    output_dir: Path | None = None
+    work_dir: Path | None = None
+    api_keys: str = ""
+    api_keys_file: Path | None = None
+    diagnostic_steps: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("storage_dir", "input_dir", "output_dir", "work_dir", "api_keys_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Relative paths are relative to the project, not to wherever the server was started.
+        if value is None:
+            return None
+        return value if value.is_absolute() else (PROJECT_ROOT / value).resolve()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", self.storage_dir / "outputs")
+        if self.work_dir is None:
+            object.__setattr__(self, "work_dir", self.storage_dir / "runs")
+        if self.worker_lost_after_seconds < 2 * self.heartbeat_interval_seconds:
+            raise ValueError("ETL_WORKER_LOST_AFTER_SECONDS must be at least twice ETL_HEARTBEAT_INTERVAL_SECONDS")
+        if not self.api_keys_configured and not _is_loopback(self.host):
+            raise ValueError(
+                f"refusing to bind to {self.host} without API keys: set ETL_API_KEYS (or ETL_API_KEYS_FILE), "
+                "or bind to 127.0.0.1"
+            )
+        return self
+
+    @property
+    def api_keys_configured(self) -> bool:
+        return bool(self.api_keys.strip()) or self.api_keys_file is not None
+
+    @property
+    def task_ttl_seconds(self) -> float:
+        return self.task_ttl_hours * 3600.0
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.storage_dir / "task_cache"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings; raise SettingsError with one readable line per problem."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            name = f"ETL_{field.upper()}" if field else "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            value = error.get("input")
+            shown = f" (got {value!r})" if field and not isinstance(value, dict) else ""
+            problems.append(f"{name}: {message}{shown}")
+        raise SettingsError("; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read on first use."""
+    return load_settings()
+
+
+def settings_or_exit() -> Settings:
+    """For entry points: the settings, or one clear line on stderr and exit status 2."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        print(f"etl-task-api: invalid settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,735 @@
+"""The task store: diskcache as the shared index and coordination layer, one JSON file per task.
+
+Every key and every path is built here, and only after the task id is validated. All state
+changes happen in one diskcache transaction (SQLite ``BEGIN IMMEDIATE``), so every worker
+process sees the same truth; the JSON file is rewritten after each committed change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from api.errors import Conflict, QueueFull, StorageUnavailable, TaskNotFound
+from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
+
+logger = logging.getLogger(__name__)
+
+# Every key prefix of the cache.
+K_TASK = "task:"  # task:<id> -> the task record
+K_STATUS = "status:"  # status:<status>:<id> -> {"step", "owner"}; ids are UUIDv7, so keys sort by age
+K_EXPIRES = "expires:"  # expires:<epoch seconds, 14 digits>:<id> -> ""; what cleanup removes
+K_STOP = "stop:"  # stop:<id> -> {"at", "by"}; a pending stop request the owner polls
+K_IDEMPOTENCY = "idem:"  # idem:<key> -> {"task_id", "fingerprint"}
+K_WORKER = "worker:"  # worker:<worker id> -> heartbeat
+K_COUNT = "count:"  # count:status:<s>, count:step:<step>:<s> -> tasks now in that state
+K_TOTAL = "total:"  # total:submitted:<step>, total:ended:<step>:<s>, total:worker:<host:pid> -> ever
+K_DURATIONS = "durations:"  # durations:<step> -> the last DURATION_SAMPLES run times
+K_LEASE = "lease:"  # lease:<name> -> {"owner", "expires"}
+K_CLEANUP = "cleanup:"  # cleanup:schedule, cleanup:last, cleanup:next
+K_META = "meta:"  # meta:initialized, meta:rebuild
+QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
+
+DURATION_SAMPLES = 500
+CACHE_DB = "cache.db"
+_RANGE_END = "\uffff"
+
+
+class UnsafeCacheRow(Exception):
+    """The cache holds a row that is not JSON (a pickle); refusing to load it."""
+
+
+class CacheCorrupt(Exception):
+    """The cache database cannot be opened or read."""
+
+
+class JSONOnlyDisk(diskcache.Disk):
+    """Serialises values as JSON text and refuses pickled rows, so a planted row cannot run code.
+
+    diskcache <= 5.6.3 unpickles any row it reads (CVE-2025-69872). Integers stay native so
+    ``Cache.incr`` keeps working; everything else is JSON.
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+        return key, True
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise UnsafeCacheRow("a cache key is pickled")
+        return key
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if read:
+            raise TypeError("file values are not stored in the task cache")
+        if type(value) is int:
+            return super().store(value, False, key=key)
+        return super().store(json.dumps(value, ensure_ascii=False, separators=(",", ":")), False, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_RAW:
+            if type(value) is int:
+                return value
+            if type(value) is str:
+                return json.loads(value)
+        elif mode == diskcache.core.MODE_TEXT:
+            return json.loads(super().fetch(mode, filename, value, False))
+        raise UnsafeCacheRow(f"refusing to load a cache row of mode {mode} (only JSON is accepted)")
+
+
+def open_cache(directory: Path, timeout_seconds: float) -> diskcache.Cache:
+    """Open the cache directory (created if missing); CacheCorrupt if its database is unusable."""
+    try:
+        cache = diskcache.Cache(
+            str(directory),
+            timeout=timeout_seconds,
+            disk=JSONOnlyDisk,
+            eviction_policy="none",
+            cull_limit=0,
+            statistics=False,
+            tag_index=False,
+        )
+        cache.get(K_META + "initialized")
+        return cache
+    except (sqlite3.DatabaseError, UnsafeCacheRow, json.JSONDecodeError) as exc:
+        raise CacheCorrupt(f"{directory / CACHE_DB}: {exc}") from exc
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as indented UTF-8 JSON: temp file, fsync, replace (readers never see half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+            json.dump(data, out, ensure_ascii=False, indent=2)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        for attempt in range(20):
+            try:
+                os.replace(tmp, path)
+                return
+            except PermissionError:
+                # Windows refuses to replace a file another process has open; it is brief.
+                if attempt == 19:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class StoragePaths:
+    """Every file path of the store, built from a validated task id."""
+
+    root: Path
+    work_root: Path
+    output_root: Path
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "task_cache"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    def _checked(self, task_id: str) -> str:
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        return task_id
+
+    def task_file(self, task_id: str) -> Path:
+        return self.root / f"{self._checked(task_id)}.json"
+
+    def log_file(self, task_id: str) -> Path:
+        return self.logs_dir / f"{self._checked(task_id)}.log"
+
+    def work_dir(self, task_id: str) -> Path:
+        return self.work_root / "tasks" / self._checked(task_id)
+
+    def removable(self, path: str) -> Path | None:
+        """``path`` if cleanup may delete it (under the work root, never the output root), else None."""
+        candidate = Path(path)
+        if _inside(self.work_root, candidate) and not _inside(self.output_root, candidate):
+            return candidate
+        return None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "host": self.host, "pid": self.pid}
+
+
+class TaskStore:
+    """All task state shared between worker processes."""
+
+    def __init__(
+        self,
+        root: Path,
+        work_root: Path,
+        output_root: Path,
+        *,
+        ttl_seconds: float,
+        max_running: int,
+        max_queued: int,
+        worker_lost_after_seconds: float,
+        cache_timeout_seconds: float = 10.0,
+    ) -> None:
+        self.paths = StoragePaths(root, work_root, output_root)
+        self.ttl_seconds = ttl_seconds
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self.worker_lost_after_seconds = worker_lost_after_seconds
+        self._cache_timeout = cache_timeout_seconds
+        self._cache: diskcache.Cache | None = None
+
+    # --- opening -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the folders and open the cache (in the process that will use it: after fork)."""
+        for folder in (self.paths.root, self.paths.logs_dir, self.paths.work_root):
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.name == "posix":
+                with contextlib.suppress(OSError):
+                    folder.chmod(0o700)
+        self._cache = open_cache(self.paths.cache_dir, self._cache_timeout)
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    @property
+    def cache(self) -> diskcache.Cache:
+        if self._cache is None:
+            raise StorageUnavailable("The task store is not open.")
+        return self._cache
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except diskcache.Timeout as exc:
+            raise StorageUnavailable("The task store is busy (lock timeout); retry shortly.") from exc
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"The task store cannot be used: {exc}.") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"The task storage cannot be written: {exc.strerror or exc}.") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._guard(), self.cache.transact():
+            yield
+
+    # --- raw reads -----------------------------------------------------------------------
+
+    def _get(self, key: str, default: Any = None) -> Any:
+        return self.cache.get(key, default)
+
+    def _range(self, prefix: str, *, before: str | None = None, after: str | None = None,
+               limit: int | None = None, newest_first: bool = False) -> list[tuple[str, Any]]:
+        """(key, value) pairs whose key starts with ``prefix``, in key order, via the key index.
+
+        diskcache has no public range query; its Cache table keeps (key, raw) uniquely indexed,
+        so this is O(log n + rows).
+        """
+        low = prefix + (after or "")
+        high = prefix + (before or _RANGE_END)
+        order = "DESC" if newest_first else "ASC"
+        query = (
+            "SELECT key, mode, filename, value FROM Cache WHERE key > ? AND key < ? AND raw = 1 "
+            f"ORDER BY key {order} LIMIT ?"
+        )
+        args = (low, high, limit or -1)
+        disk = self.cache.disk
+        with self._guard():
+            rows = self.cache._sql(query, args).fetchall()
+            return [(key, disk.fetch(mode, filename, value, False)) for key, mode, filename, value in rows]
+
+    def _count(self, prefix: str) -> int:
+        with self._guard():
+            (count,) = self.cache._sql(
+                "SELECT COUNT(*) FROM Cache WHERE key > ? AND key < ? AND raw = 1", (prefix, prefix + _RANGE_END)
+            ).fetchone()
+            return count
+
+    # --- task records --------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task:
+        """The task, or TaskNotFound (also for a malformed or expired id)."""
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        with self._guard():
+            data = self._get(K_TASK + task_id)
+        if data is None:
+            raise TaskNotFound()
+        task = Task.from_dict(data)
+        if task.expires_at and parse_iso(task.expires_at) <= time.time():
+            raise TaskNotFound()
+        return task
+
+    def _load(self, task_id: str) -> Task | None:
+        data = self._get(K_TASK + task_id)
+        return Task.from_dict(data) if data is not None else None
+
+    def _write(self, task: Task, previous: TaskStatus | None) -> None:
+        """Store ``task`` and keep the indexes and counters in step (inside a transaction)."""
+        cache = self.cache
+        task.rev += 1
+        cache.set(K_TASK + task.task_id, task.to_dict())
+        if previous is task.status:
+            return
+        owner = task.worker["id"] if task.worker and task.status is TaskStatus.RUNNING else None
+        if previous is not None:
+            cache.delete(f"{K_STATUS}{previous.value}:{task.task_id}")
+            cache.incr(f"{K_COUNT}status:{previous.value}", -1)
+            cache.incr(f"{K_COUNT}step:{task.step_name}:{previous.value}", -1)
+        cache.set(f"{K_STATUS}{task.status.value}:{task.task_id}", {"step": task.step_name, "owner": owner})
+        cache.incr(f"{K_COUNT}status:{task.status.value}")
+        cache.incr(f"{K_COUNT}step:{task.step_name}:{task.status.value}")
+        if task.status.terminal:
+            cache.set(self._expiry_key(task), "")
+            cache.incr(f"{K_TOTAL}ended:{task.step_name}:{task.status.value}")
+            cache.delete(K_STOP + task.task_id)
+            if task.duration_seconds is not None and task.status is TaskStatus.COMPLETED:
+                key = K_DURATIONS + task.step_name
+                samples = cache.get(key, [])
+                samples.append(task.duration_seconds)
+                cache.set(key, samples[-DURATION_SAMPLES:])
+
+    @staticmethod
+    def _expiry_key(task: Task) -> str:
+        # Rounded up, so a task is never removed before its expires_at.
+        expires = math.ceil(parse_iso(task.expires_at) if task.expires_at else time.time())
+        return f"{K_EXPIRES}{expires:014d}:{task.task_id}"
+
+    def _sync_file(self, task_id: str) -> None:
+        """Rewrite the task's JSON file from the cache until the file holds the newest revision.
+
+        Writers in other processes may replace the file concurrently; whoever replaces it last
+        re-checks the revision, so the file always ends at the latest committed state.
+        """
+        path = self.paths.task_file(task_id)
+        with self._guard():
+            for _ in range(10):
+                task = self._load(task_id)
+                if task is None:
+                    return
+                write_json_atomic(path, task.file_view())
+                latest = self._get(K_TASK + task_id)
+                if latest is None or latest.get("rev") == task.rev:
+                    return
+
+    def update(self, task_id: str, change: Callable[[Task], bool]) -> Task | None:
+        """Apply ``change`` to the task in one transaction (it returns False to leave it as is)."""
+        with self._transaction():
+            task = self._load(task_id)
+            if task is None:
+                return None
+            previous = task.status
+            if not change(task):
+                return task
+            self._write(task, previous)
+        self._sync_file(task_id)
+        return task
+
+    # --- admission -----------------------------------------------------------------------
+
+    def live_running(self) -> int:
+        """Running tasks whose owner is alive (a dead owner's slot is free at once)."""
+        alive = self.alive_workers()
+        return sum(1 for _, index in self._range(f"{K_STATUS}running:") if index.get("owner") in alive)
+
+    def queued_count(self) -> int:
+        return self._count(QUEUE_PREFIX + "-")
+
+    def submit(self, task: Task, worker: WorkerInfo, idempotency: tuple[str, str] | None) -> tuple[Task, bool]:
+        """Admit ``task``: running if a slot is free, queued if not, QueueFull beyond the queue limit.
+
+        Returns (task, replayed): with an idempotency (key, request fingerprint) seen before, the
+        earlier task and True; Conflict if that key came with a different request.
+        """
+        with self._transaction():
+            cache = self.cache
+            if idempotency:
+                seen = cache.get(K_IDEMPOTENCY + idempotency[0])
+                earlier = self._load(seen["task_id"]) if seen is not None else None
+                if earlier is not None:
+                    if seen["fingerprint"] != idempotency[1]:
+                        raise Conflict("This Idempotency-Key was already used with a different request "
+                                       f"(task {earlier.task_id}); use a new key.", task_id=earlier.task_id)
+                    return earlier, True
+            queued = self.queued_count()
+            accepted = time.time()
+            task.history.append({"status": TaskStatus.QUEUED.value, "at": now_iso(accepted), "reason": "accepted"})
+            if queued == 0 and self.live_running() < self.max_running:
+                self._start(task, worker, "started at once: a slot was free")
+            elif queued < self.max_queued:
+                task.queue_key = cache.push(task.task_id, prefix=QUEUE_PREFIX)
+                task.message = "waiting for a free slot"
+            else:
+                raise QueueFull(
+                    f"The queue is full ({queued} tasks waiting, limit {self.max_queued}); retry later.",
+                    headers={"Retry-After": "5"},
+                )
+            cache.incr(f"{K_TOTAL}submitted:{task.step_name}")
+            if idempotency:
+                task.idempotency_key = idempotency[0]
+                cache.set(K_IDEMPOTENCY + idempotency[0], {"task_id": task.task_id, "fingerprint": idempotency[1]})
+            self._write(task, None)
+        self._sync_file(task.task_id)
+        return task, False
+
+    def _start(self, task: Task, worker: WorkerInfo, reason: str) -> None:
+        task.worker = worker.as_dict()
+        task.message = "running"
+        task.transition(TaskStatus.RUNNING, f"{reason} (worker {worker.host}:{worker.pid})", self.ttl_seconds)
+        self.cache.incr(f"{K_TOTAL}worker:{worker.host}:{worker.pid}")
+
+    def claim_next(self, worker: WorkerInfo) -> Task | None:
+        """Start the oldest queued task on ``worker`` if the global cap allows; None otherwise."""
+        with self._guard():
+            if self.queued_count() == 0:
+                return None
+        with self._transaction():
+            if self.live_running() >= self.max_running:
+                return None
+            while True:
+                key, task_id = self.cache.pull(prefix=QUEUE_PREFIX)
+                if key is None:
+                    return None
+                task = self._load(task_id)
+                if task is not None and task.status is TaskStatus.QUEUED:
+                    break
+            task.queue_key = None
+            self._start(task, worker, "a slot became free")
+            self._write(task, TaskStatus.QUEUED)
+        self._sync_file(task.task_id)
+        return task
+
+    # --- ending, stopping ----------------------------------------------------------------
+
+    def finish(self, task_id: str, status: TaskStatus, reason: str, *, result: Any = None,
+               error: dict[str, Any] | None = None, extra: Callable[[Task], None] | None = None) -> Task | None:
+        """Move a task to a terminal state; a task already ended is left as it is."""
+
+        def change(task: Task) -> bool:
+            if task.status.terminal:
+                return False
+            if extra:
+                extra(task)
+            task.result = result
+            task.error = error
+            task.message = reason
+            task.transition(status, reason, self.ttl_seconds)
+            return True
+
+        return self.update(task_id, change)
+
+    def request_stop(self, task_id: str, by: dict[str, Any] | None) -> Task:
+        """Stop a queued task now, or flag a running one for its owner; ended tasks are unchanged."""
+        self.get(task_id)
+
+        def change(task: Task) -> bool:
+            if task.status is TaskStatus.QUEUED:
+                if task.queue_key:
+                    self.cache.delete(task.queue_key)
+                task.stopped_by = by
+                task.stop_requested = True
+                task.message = "stopped before it started"
+                task.transition(TaskStatus.STOPPED, "stop requested while queued", self.ttl_seconds)
+                return True
+            if task.status is TaskStatus.RUNNING and not task.stop_requested:
+                task.stop_requested = True
+                task.stopped_by = by
+                task.message = "stop requested"
+                task.history.append({"status": task.status.value, "at": now_iso(), "reason": "stop requested"})
+                self.cache.set(K_STOP + task_id, {"at": time.time(), "by": by})
+                return True
+            return False
+
+        task = self.update(task_id, change)
+        if task is None:
+            raise TaskNotFound()
+        return task
+
+    def pending_stops(self, task_ids: list[str]) -> set[str]:
+        with self._guard():
+            return {task_id for task_id in task_ids if self._get(K_STOP + task_id) is not None}
+
+    def save_progress(self, task_id: str, progress: float, message: str, log_tail: list[str],
+                      log_lines: int, artifacts: list[str]) -> None:
+        def change(task: Task) -> bool:
+            if task.status is not TaskStatus.RUNNING:
+                return False
+            task.progress, task.message, task.log_tail = progress, message, log_tail
+            task.log_lines, task.artifacts = log_lines, artifacts
+            return True
+
+        self.update(task_id, change)
+
+    # --- workers -------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo, **extra: Any) -> None:
+        with self._guard():
+            self.cache.set(K_WORKER + worker.id, {**worker.as_dict(), "at": time.time(), **extra})
+
+    def forget_worker(self, worker: WorkerInfo) -> None:
+        with self._guard():
+            self.cache.delete(K_WORKER + worker.id)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [beat for _, beat in self._range(K_WORKER)]
+
+    def alive_workers(self) -> set[str]:
+        limit = time.time() - self.worker_lost_after_seconds
+        return {beat["id"] for beat in self.workers() if beat.get("at", 0) >= limit}
+
+    def reap_lost(self, only_pid: int | None = None, host: str | None = None) -> list[str]:
+        """Fail running tasks whose owner stopped heartbeating (or is the given dead pid)."""
+        alive = self.alive_workers()
+        lost = []
+        for key, index in self._range(f"{K_STATUS}running:"):
+            task_id = key.rsplit(":", 1)[1]
+            owner = index.get("owner") or ""
+            if only_pid is not None:
+                parts = owner.split(":")
+                if len(parts) < 3 or parts[-2] != str(only_pid) or (host and ":".join(parts[:-2]) != host):
+                    continue
+            elif owner in alive:
+                continue
+            reason = f"worker {owner or 'unknown'} died while running the task"
+            done = self.finish(task_id, TaskStatus.FAILED, reason,
+                               error={"type": "WorkerLost", "message": reason, "traceback": None})
+            if done is not None and done.status is TaskStatus.FAILED and done.error and done.error["type"] == "WorkerLost":
+                logger.warning("task %s: %s", task_id, reason)
+                lost.append(task_id)
+        return lost
+
+    # --- leases --------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, seconds: float) -> bool:
+        with self._transaction():
+            lease = self.cache.get(K_LEASE + name)
+            now = time.time()
+            if lease is not None and lease["owner"] != owner and lease["expires"] > now:
+                return False
+            self.cache.set(K_LEASE + name, {"owner": owner, "expires": now + seconds, "at": now})
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._transaction():
+            lease = self.cache.get(K_LEASE + name)
+            if lease is not None and lease["owner"] == owner:
+                self.cache.delete(K_LEASE + name)
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        with self._guard():
+            return self._get(K_LEASE + name)
+
+    # --- settings kept in the store ------------------------------------------------------
+
+    def get_value(self, key: str, default: Any = None) -> Any:
+        with self._guard():
+            return self._get(key, default)
+
+    def set_value(self, key: str, value: Any) -> None:
+        with self._guard():
+            self.cache.set(key, value)
+
+    # --- listing and numbers -------------------------------------------------------------
+
+    def list_tasks(self, *, status: TaskStatus | None, step: str | None, limit: int,
+                   cursor: str | None) -> tuple[list[Task], str | None]:
+        """Newest first, ``limit`` at most, after ``cursor`` (the last id of the previous page)."""
+        found: set[str] = set()
+        for state in [status] if status else list(TaskStatus):
+            found.update(self._newest_ids(f"{K_STATUS}{state.value}:", step, limit + 1, cursor))
+        page_ids = sorted(found, reverse=True)[: limit + 1]
+        with self._guard():
+            tasks = [t for t in (self._load(i) for i in page_ids[:limit]) if t is not None]
+        next_cursor = page_ids[limit - 1] if len(page_ids) > limit else None
+        return tasks, next_cursor
+
+    def _newest_ids(self, prefix: str, step: str | None, want: int, before: str | None) -> list[str]:
+        ids: list[str] = []
+        page = 200
+        while len(ids) < want:
+            rows = self._range(prefix, before=before, limit=page, newest_first=True)
+            ids += [key[len(prefix):] for key, index in rows if step is None or index.get("step") == step]
+            if len(rows) < page:
+                break
+            before = rows[-1][0][len(prefix):]
+        return ids[:want]
+
+    def counts(self) -> dict[str, Any]:
+        """Counters kept with every transition: by status, by step and status, totals."""
+        by_status = {s.value: 0 for s in TaskStatus}
+        by_step: dict[str, dict[str, int]] = {}
+        submitted: dict[str, int] = {}
+        ended: dict[str, dict[str, int]] = {}
+        per_worker: dict[str, int] = {}
+        for key, value in self._range(K_COUNT):
+            parts = key[len(K_COUNT):].split(":")
+            if parts[0] == "status":
+                by_status[parts[1]] = value
+            elif parts[0] == "step" and value:
+                by_step.setdefault(parts[1], {})[parts[2]] = value
+        for key, value in self._range(K_TOTAL):
+            kind, _, rest = key[len(K_TOTAL):].partition(":")
+            if kind == "submitted":
+                submitted[rest] = value
+            elif kind == "ended":
+                step_name, _, state = rest.rpartition(":")
+                ended.setdefault(step_name, {})[state] = value
+            elif kind == "worker":
+                per_worker[rest] = value
+        return {"by_status": by_status, "by_step": by_step, "submitted": submitted, "ended": ended,
+                "per_worker": per_worker}
+
+    def durations(self) -> dict[str, list[float]]:
+        return {key[len(K_DURATIONS):]: samples for key, samples in self._range(K_DURATIONS)}
+
+    def cache_size_bytes(self) -> int:
+        total = 0
+        for entry in os.scandir(self.paths.cache_dir):
+            if entry.is_file():
+                total += entry.stat().st_size
+        return total
+
+    # --- cleanup -------------------------------------------------------------------------
+
+    def expire(self, now: float | None = None, batch: int = 500) -> dict[str, Any]:
+        """Remove every ended task whose expiry has passed: cache entries, JSON, log, work files.
+
+        Queued and running tasks have no expiry key, so they can never be touched.
+        """
+        cutoff = time.time() if now is None else now
+        removed: list[str] = []
+        freed = 0
+        while True:
+            rows = self._range(K_EXPIRES, before=f"{int(cutoff):014d}:{_RANGE_END}", limit=batch)
+            if not rows:
+                break
+            doomed: list[Task] = []
+            with self._transaction():
+                for key, _ in rows:
+                    task_id = key.rsplit(":", 1)[1]
+                    self.cache.delete(key)
+                    task = self._load(task_id)
+                    if task is None or not task.status.terminal:
+                        continue
+                    self._drop(task)
+                    doomed.append(task)
+            for task in doomed:
+                freed += self._remove_files(task)
+                removed.append(task.task_id)
+        return {"removed": len(removed), "task_ids": removed[:100], "freed_bytes": freed}
+
+    def _drop(self, task: Task) -> None:
+        cache = self.cache
+        cache.delete(K_TASK + task.task_id)
+        cache.delete(f"{K_STATUS}{task.status.value}:{task.task_id}")
+        cache.delete(K_STOP + task.task_id)
+        cache.incr(f"{K_COUNT}status:{task.status.value}", -1)
+        cache.incr(f"{K_COUNT}step:{task.step_name}:{task.status.value}", -1)
+        if task.idempotency_key:
+            cache.delete(K_IDEMPOTENCY + task.idempotency_key)
+
+    def _remove_files(self, task: Task) -> int:
+        freed = 0
+        paths = [self.paths.task_file(task.task_id), self.paths.log_file(task.task_id)]
+        paths += [p for p in (self.paths.removable(a) for a in task.artifacts) if p is not None]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+        work = self.paths.work_dir(task.task_id)
+        if work.exists():
+            freed += sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+            shutil.rmtree(work, ignore_errors=True)
+        return freed
+
+    def forget_dead_workers(self, older_than_seconds: float = 3600.0) -> None:
+        limit = time.time() - older_than_seconds
+        with self._transaction():
+            for key, beat in self._range(K_WORKER):
+                if beat.get("at", 0) < limit:
+                    self.cache.delete(key)
+
+    # --- rebuild from the JSON files -----------------------------------------------------
+
+    def is_initialized(self) -> bool:
+        return self.get_value(K_META + "initialized") is not None
+
+    def rebuild(self) -> int:
+        """Rebuild the cache index from the JSON files (the durable record); returns tasks loaded."""
+        loaded: list[Task] = []
+        for path in sorted(self.paths.root.glob("*.json")):
+            if not is_task_id(path.stem):
+                continue
+            try:
+                task = Task.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.error("rebuild: skipping unreadable task file %s: %s", path.name, exc)
+                continue
+            if task.task_id != path.stem:
+                logger.error("rebuild: skipping %s: it holds task %s", path.name, task.task_id)
+                continue
+            loaded.append(task)
+        loaded.sort(key=lambda t: t.task_id)
+        for start in range(0, len(loaded), 500):
+            with self._transaction():
+                for task in loaded[start:start + 500]:
+                    if self._load(task.task_id) is not None:
+                        continue
+                    if task.status is TaskStatus.QUEUED:
+                        task.queue_key = self.cache.push(task.task_id, prefix=QUEUE_PREFIX)
+                    task.rev -= 1  # _write adds one back
+                    self._write(task, None)
+                    self.cache.incr(f"{K_TOTAL}submitted:{task.step_name}")
+        self.set_value(K_META + "initialized", now_iso())
+        return len(loaded)
+
+    def ensure_index(self, owner: str, wait_seconds: float = 300.0) -> None:
+        """Rebuild from JSON once if this cache is new; other processes wait for it."""
+        if self.is_initialized():
+            return
+        with self._guard():
+            won = self.cache.add(K_META + "rebuild", {"owner": owner, "at": time.time()})
+        if won:
+            count = self.rebuild()
+            logger.info("task index built from %d task files", count)
+            return
+        deadline = time.monotonic() + wait_seconds
+        while not self.is_initialized():
+            if time.monotonic() > deadline:
+                raise StorageUnavailable("The task index is still being rebuilt by another process.")
+            time.sleep(0.1)

@@ -1,0 +1,184 @@
+"""The task record: states, history, and its one dict form (shared by diskcache and the JSON file)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+TASK_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+# Parameter names whose values never leave the process in clear (files, /status, logs).
+SECRET_NAME_PATTERN = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential|pwd|senha", re.I)
+MASK = "***"
+
+
+class TaskStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.STOPPED)
+
+
+def now_iso(at: float | None = None) -> str:
+    """ISO-8601 with a UTC offset, millisecond precision."""
+    moment = datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def parse_iso(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def new_task_id() -> str:
+    """A UUIDv7: random, yet sorted by creation time (so the store lists newest first cheaply)."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def is_task_id(value: str) -> bool:
+    return bool(TASK_ID_PATTERN.fullmatch(value))
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of ``value`` with every secret-looking key's value replaced by ``***``."""
+    if isinstance(value, dict):
+        return {
+            k: (MASK if isinstance(k, str) and SECRET_NAME_PATTERN.search(k) and v not in (None, "") else mask_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+@dataclass
+class Task:
+    task_id: str
+    step_name: str
+    status: TaskStatus
+    created_at: str
+    params: dict[str, Any] = field(default_factory=dict)
+    previous_outputs: dict[str, Any] = field(default_factory=dict)
+    custom_params: dict[str, Any] = field(default_factory=dict)
+    progress: float = 0.0
+    message: str = ""
+    started_at: str | None = None
+    completed_at: str | None = None
+    duration_seconds: float | None = None
+    expires_at: str | None = None
+    stop_requested: bool = False
+    worker: dict[str, Any] | None = None
+    attempt: int = 1
+    result: Any = None
+    error: dict[str, Any] | None = None
+    log_file: str | None = None
+    log_lines: int = 0
+    log_tail: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    requested_by: dict[str, Any] | None = None
+    stopped_by: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    queue_key: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rev: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["status"] = TaskStatus(values["status"])
+        return cls(**values)
+
+    def transition(self, status: TaskStatus, reason: str, ttl_seconds: float, at: float | None = None) -> None:
+        """Move to ``status``, stamping times and appending to history (terminal states are final)."""
+        if self.status.terminal:
+            raise ValueError(f"task {self.task_id} is {self.status.value}; it cannot become {status.value}")
+        moment = time.time() if at is None else at
+        stamp = now_iso(moment)
+        self.status = status
+        if status is TaskStatus.RUNNING:
+            self.started_at = stamp
+        if status.terminal:
+            self.completed_at = stamp
+            self.expires_at = now_iso(moment + ttl_seconds)
+            if self.started_at:
+                self.duration_seconds = round(moment - parse_iso(self.started_at), 3)
+            if status is TaskStatus.COMPLETED:
+                self.progress = 100.0
+            self.queue_key = None
+        self.history.append({"status": status.value, "at": stamp, "reason": reason})
+
+    def file_view(self) -> dict[str, Any]:
+        """What the JSON file holds for support staff: everything, secrets masked."""
+        data = self.to_dict()
+        data["params"] = mask_secrets(self.params)
+        data["custom_params"] = mask_secrets(self.custom_params)
+        data["previous_outputs"] = mask_secrets(self.previous_outputs)
+        return data
+
+    def status_view(self) -> dict[str, Any]:
+        """The GET /status body."""
+        duration = self.duration_seconds
+        if self.status is TaskStatus.RUNNING and self.started_at:
+            duration = round(time.time() - parse_iso(self.started_at), 3)
+        view = {
+            "task_id": self.task_id,
+            "step_name": self.step_name,
+            "status": self.status.value,
+            "progress": round(self.progress, 1),
+            "message": self.message,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "duration_seconds": duration,
+            "expires_at": self.expires_at,
+            "stop_requested": self.stop_requested,
+            "worker": self.worker and {"host": self.worker["host"], "pid": self.worker["pid"]},
+            "attempt": self.attempt,
+            "error": self.error and {k: v for k, v in self.error.items() if k != "traceback"},
+            "log_tail": self.log_tail,
+            "log_lines": self.log_lines,
+            "artifacts": self.artifacts,
+            "requested_by": self.requested_by,
+            "stopped_by": self.stopped_by,
+            "history": self.history,
+        }
+        if self.status is TaskStatus.COMPLETED:
+            view["output"] = self.result
+        return view
+
+    def summary_view(self) -> dict[str, Any]:
+        """One row of GET /tasks."""
+        return {
+            "task_id": self.task_id,
+            "step_name": self.step_name,
+            "status": self.status.value,
+            "progress": round(self.progress, 1),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "duration_seconds": self.duration_seconds,
+            "error_type": self.error["type"] if self.error else None,
+        }

@@ -1,0 +1,1 @@
+"""ETL step logic: plain functions with pydantic parameter models, usable without the API."""

@@ -1,0 +1,24 @@
+"""The exceptions ETL steps raise; the API maps them to task errors, never to HTTP codes."""
+
+
+class EtlError(Exception):
+    """An ETL step failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class StepStopped(EtlError):
+    """The step stopped because a stop was requested."""
+
+
+class UnknownStep(EtlError):
+    """No step is registered under that name."""
+
+
+class CommandFailed(EtlError):
+    """An external command exited with a non-zero status."""
+
+
+class DiagnosticFailure(EtlError):
+    """The diagnostic step failed on purpose."""

@@ -1,0 +1,210 @@
+"""What a running step may ask of its surroundings: progress, stop checks, folders, artifacts.
+
+Every function here is a no-op (or a sensible default) when called outside a task, so steps run
+the same from the command line as inside the service.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etl.errors import StepStopped
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_LINES = 20
+
+_local = threading.local()
+
+
+def _env_dir(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    path = Path(value)
+    return path if path.is_absolute() else (_PROJECT_ROOT / path).resolve()
+
+
+def default_dirs() -> tuple[Path, Path, Path]:
+    """(input, output, work) folders from the ETL_* variables, as the service resolves them."""
+    storage = _env_dir("ETL_STORAGE_DIR", _PROJECT_ROOT / "task_storage")
+    return (
+        _env_dir("ETL_INPUT_DIR", _PROJECT_ROOT / "etl" / "samples"),
+        _env_dir("ETL_OUTPUT_DIR", storage / "outputs"),
+        _env_dir("ETL_WORK_DIR", storage / "runs"),
+    )
+
+
+@dataclass
+class TaskContext:
+    """The state one task's thread shares with the service that runs it."""
+
+    task_id: str
+    input_dir: Path
+    output_dir: Path
+    work_dir: Path
+    previous_outputs: dict[str, Any] = field(default_factory=dict)
+    custom_params: dict[str, Any] = field(default_factory=dict)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None
+    progress: float = 0.0
+    message: str = ""
+    artifacts: list[str] = field(default_factory=list)
+    log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
+    log_lines: int = 0
+    log_file: Path | None = None
+    changed: threading.Event = field(default_factory=threading.Event)
+    _stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the step to stop and kill whatever it registered as killable (idempotent)."""
+        with self._lock:
+            if self.stop_event.is_set():
+                return
+            self.stop_reason = reason
+            self.stop_event.set()
+            callbacks = list(self._stop_callbacks)
+        for callback in callbacks:
+            with contextlib.suppress(Exception):
+                callback()
+
+    def task_work_dir(self) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return self.work_dir
+
+
+def current() -> TaskContext | None:
+    """The context of the task running in this thread, or None outside a task."""
+    return getattr(_local, "context", None)
+
+
+@contextlib.contextmanager
+def bind(context: TaskContext) -> Iterator[TaskContext]:
+    """Make ``context`` the current task context of this thread."""
+    previous = current()
+    _local.context = context
+    try:
+        yield context
+    finally:
+        _local.context = previous
+
+
+def progress(percent: float, message: str | None = None) -> None:
+    """Report progress (0-100) and an optional message."""
+    context = current()
+    if context is None:
+        return
+    context.progress = max(0.0, min(100.0, float(percent)))
+    if message is not None:
+        context.message = message
+    context.changed.set()
+
+
+def stop_requested() -> bool:
+    context = current()
+    return context is not None and context.stop_event.is_set()
+
+
+def check_stop() -> None:
+    """A checkpoint: raise StepStopped if a stop was requested."""
+    if stop_requested():
+        raise StepStopped()
+
+
+def sleep(seconds: float) -> None:
+    """Sleep, waking at once (with StepStopped) if a stop is requested."""
+    context = current()
+    if context is None:
+        threading.Event().wait(seconds)
+        return
+    if context.stop_event.wait(seconds):
+        raise StepStopped()
+
+
+@contextlib.contextmanager
+def on_stop(callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback`` (from another thread) if a stop arrives while the block runs.
+
+    For work that cannot reach a checkpoint: a subprocess, a browser, a blocking query.
+    """
+    context = current()
+    if context is None:
+        yield
+        return
+    with context._lock:
+        context._stop_callbacks.append(callback)
+        already = context.stop_event.is_set()
+    if already:
+        callback()
+    try:
+        yield
+    finally:
+        with context._lock:
+            context._stop_callbacks.remove(callback)
+
+
+def add_artifact(path: str | os.PathLike[str]) -> None:
+    """Record a file the step wrote, so the task lists it (and cleanup knows it)."""
+    context = current()
+    if context is not None:
+        context.artifacts.append(str(Path(path).resolve()))
+        context.changed.set()
+
+
+def previous_outputs() -> dict[str, Any]:
+    context = current()
+    return context.previous_outputs if context is not None else {}
+
+
+def custom_params() -> dict[str, Any]:
+    context = current()
+    return context.custom_params if context is not None else {}
+
+
+def input_dir() -> Path:
+    context = current()
+    return context.input_dir if context is not None else default_dirs()[0]
+
+
+def output_dir() -> Path:
+    context = current()
+    path = context.output_dir if context is not None else default_dirs()[1]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def work_dir() -> Path:
+    """This task's private scratch folder (removed with the task), or the work root outside a task."""
+    context = current()
+    if context is not None:
+        return context.task_work_dir()
+    path = default_dirs()[2]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class TaskLogHandler(logging.Handler):
+    """Sends records logged by a task's thread to that task's log file and log tail."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        context = current()
+        if context is None or context.log_file is None:
+            return
+        try:
+            line = self.format(record)
+            with open(context.log_file, "a", encoding="utf-8") as log:
+                log.write(line + "\n")
+            for part in line.splitlines() or [""]:
+                context.log_tail.append(part)
+            context.log_lines += line.count("\n") + 1
+            context.changed.set()
+        except Exception:
+            self.handleError(record)

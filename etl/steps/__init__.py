@@ -1,0 +1,1 @@
+"""Step modules; importing one registers its steps."""

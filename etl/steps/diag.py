@@ -1,0 +1,78 @@
+"""Diagnostic steps (ETL_DIAGNOSTIC_STEPS=1): exercise the service end to end without real data."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from etl import runtime
+from etl.errors import DiagnosticFailure
+from etl.process import run_command
+from etl.registry import step
+
+logger = logging.getLogger(__name__)
+
+# A child that starts a grandchild, both sleeping: a stop must kill the whole tree.
+_TREE_SCRIPT = """
+import subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(float(%r))" % sys.argv[1]])
+print("child pid=%d grandchild pid=%d" % (__import__("os").getpid(), grandchild.pid), flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+class NoopParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SleepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(1.0, ge=0, le=86400, description="How long to sleep.")
+    mode: Literal["cooperative", "ignore_stop", "subprocess"] = Field(
+        "cooperative",
+        description="cooperative: checks for a stop every 0.1 s; ignore_stop: never checks "
+        "(exercises the stop grace period); subprocess: sleeps in a child process tree.",
+    )
+
+
+class FailParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field("diagnostic failure", max_length=10_000, description="The error message to raise.")
+
+
+@step("diag_noop", NoopParams, "Do nothing", diagnostic=True)
+def diag_noop(params: NoopParams) -> dict[str, Any]:
+    """Return the parameters it was given."""
+    return params.model_dump()
+
+
+@step("diag_sleep", SleepParams, "Sleep", diagnostic=True)
+def diag_sleep(params: SleepParams) -> dict[str, Any]:
+    """Sleep for `seconds`, reporting progress; honours stop unless told not to."""
+    logger.info("sleeping %.3f s (%s)", params.seconds, params.mode)
+    started = time.monotonic()
+    if params.mode == "subprocess":
+        run_command([sys.executable, "-c", _TREE_SCRIPT, str(params.seconds)])
+    elif params.mode == "ignore_stop":
+        time.sleep(params.seconds)
+    else:
+        deadline = started + params.seconds
+        while (left := deadline - time.monotonic()) > 0:
+            runtime.sleep(min(0.1, left))
+            runtime.progress(100 * min(1.0, (time.monotonic() - started) / params.seconds))
+    slept = round(time.monotonic() - started, 3)
+    logger.info("slept %.3f s", slept)
+    return {"slept_seconds": slept}
+
+
+@step("diag_fail", FailParams, "Fail", diagnostic=True)
+def diag_fail(params: FailParams) -> None:
+    """Raise an error with `message`."""
+    logger.info("failing on purpose")
+    raise DiagnosticFailure(params.message)

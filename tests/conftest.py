@@ -1,0 +1,43 @@
+"""Shared fixtures: a real store in a temporary folder, and real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.store import TaskStore
+from tests.server import Server
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[TaskStore]:
+    store = TaskStore(tmp_path / "storage", tmp_path / "storage" / "runs", tmp_path / "storage" / "outputs",
+                      ttl_seconds=3600, max_running=2, max_queued=3, worker_lost_after_seconds=3)
+    store.open()
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One 4-worker Gunicorn for a whole test module (tests must not depend on each other's tasks)."""
+    srv = Server(tmp_path_factory.mktemp("server") / "task_storage").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    """Start servers with chosen settings; every one is stopped after the test."""
+    started: list[Server] = []
+
+    def make(storage: Path | None = None, **settings) -> Server:
+        srv = Server(storage or tmp_path / "task_storage", **settings)
+        started.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in started:
+        srv.stop()

@@ -1,0 +1,144 @@
+"""A real server for tests: Gunicorn (or `python -m api serve`) on a free 127.0.0.1 port, stopped after."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"completed", "failed", "stopped"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One server process tree with its own storage folder."""
+
+    def __init__(self, storage: Path, *, kind: str = "gunicorn", workers: int = 4, **settings: Any) -> None:
+        self.storage = storage
+        self.kind = kind
+        self.workers = workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+        self.env.update({
+            "ETL_HOST": "127.0.0.1",
+            "ETL_PORT": str(self.port),
+            "ETL_WORKERS": str(workers),
+            "ETL_STORAGE_DIR": str(storage),
+            "ETL_DIAGNOSTIC_STEPS": "1",
+            "ETL_GRACEFUL_TIMEOUT_SECONDS": "12",
+            "ETL_STOP_GRACE_SECONDS": "2",
+        })
+        self.env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})
+        self.proc: subprocess.Popen | None = None
+        self.log_path = storage.parent / f"server-{self.port}.log"
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def start(self, timeout: float = 60) -> Server:
+        if self.kind == "gunicorn":
+            command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+        else:
+            command = [sys.executable, "-m", "api", "serve"]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                stats = self.client.get("/stats").json()
+                if sum(1 for w in stats["workers"] if w["alive"]) >= self.workers:
+                    return self
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not start in {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        return [p.pid for p in psutil.Process(self.proc.pid).children() if p.name() != "sh"]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with_group = self.proc.pid
+        try:
+            os.killpg(with_group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(10)
+        self.log.close()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def run(self, step: str, client: httpx.Client | None = None, **params: Any) -> dict[str, Any]:
+        response = (client or self.client).post(f"/run/{step}", json={"parameters": params})
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/status/{task_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(self, task_id: str, statuses: set[str] | None = None, timeout: float = 30) -> dict[str, Any]:
+        statuses = statuses or TERMINAL
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = self.status(task_id)
+            except httpx.TransportError:  # the connection's worker was killed; the next one is fresh
+                time.sleep(0.02)
+                continue
+            if state["status"] in statuses:
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still {state['status']} after {timeout} s: {state}")
+            time.sleep(0.02)
+
+    def clients_by_worker(self, wanted: int = 2, attempts: int = 5) -> dict[int, httpx.Client]:
+        """Persistent connections, keyed by the worker pid that serves each (learnt from a no-op task)."""
+        found: dict[int, httpx.Client] = {}
+        for _ in range(attempts):
+            clients = [httpx.Client(base_url=self.url, timeout=30) for _ in range(8)]
+            for client in clients:
+                task = self.run("diag_noop", client=client)
+                pid = self.wait_for(task["task_id"])["worker"]["pid"]
+                if pid in found:
+                    client.close()
+                else:
+                    found[pid] = client
+            if len(found) >= wanted:
+                return found
+        raise AssertionError(f"connections reached only {len(found)} worker(s)")
