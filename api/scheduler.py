@@ -78,6 +78,7 @@ class CleanupScheduler:
         self.last_check: float = 0.0
 
     def start(self) -> None:
+        self.last_check = time.time()
         self._thread = threading.Thread(target=self._loop, name="etl-cleanup", daemon=True)
         self._thread.start()
 

@@ -27,7 +27,8 @@ def free_port() -> int:
 class Server:
     """One server process tree with its own storage folder."""
 
-    def __init__(self, storage: Path, *, kind: str = "gunicorn", workers: int = 4, **settings: Any) -> None:
+    def __init__(self, storage: Path, *, kind: str = "gunicorn", workers: int = 4,
+                 probe_headers: dict[str, str] | None = None, **settings: Any) -> None:
         self.storage = storage
         self.kind = kind
         self.workers = workers
@@ -47,6 +48,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log_path = storage.parent / f"server-{self.port}.log"
         self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.probe_headers = probe_headers or {}
 
     def start(self, timeout: float = 60) -> Server:
         if self.kind == "gunicorn":
@@ -61,7 +63,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                stats = self.client.get("/stats").json()
+                stats = self.client.get("/stats", headers=self.probe_headers).json()
                 if sum(1 for w in stats["workers"] if w["alive"]) >= self.workers:
                     return self
             except (httpx.HTTPError, KeyError, ValueError):
