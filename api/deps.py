@@ -25,7 +25,9 @@ class Services:
     keys: KeyRing
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are async on purpose: a sync dependency is run in the thread pool, which costs
+# more than everything else a short request does.
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
@@ -42,8 +44,8 @@ def _presented_key(request: Request) -> str | None:
 
 
 def _role(role: str):
-    def check(request: Request, services: ServicesDep) -> Identity:
-        identity = services.keys.identify(_presented_key(request))
+    async def check(request: Request) -> Identity:
+        identity = request.app.state.services.keys.identify(_presented_key(request))
         require(identity, role)
         request.state.identity = identity
         return identity
