@@ -8,12 +8,9 @@ slots free up.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +48,7 @@ class Runner:
     def __init__(self, store: TaskStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.worker = WorkerInfo(
-            id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
-            host=socket.gethostname(),
-            pid=os.getpid(),
-        )
+        self.worker = WorkerInfo.this_process()
         self._tasks: dict[str, LocalTask] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import time
 
 from api.auth import KeyRing
@@ -55,6 +54,6 @@ def mark_worker_lost(settings: Settings, pid: int) -> list[str]:
     store = make_store(settings)
     store.open()
     try:
-        return store.reap_lost(only_pid=pid, host=socket.gethostname())
+        return store.reap_lost(only_pid=pid)
     finally:
         store.close()

@@ -14,13 +14,16 @@ import math
 import os
 import shutil
 import sqlite3
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
+import psutil
 
 from api.errors import Conflict, QueueFull, StorageUnavailable, TaskNotFound
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
@@ -43,6 +46,9 @@ K_META = "meta:"  # meta:initialized, meta:rebuild
 QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
 
 DURATION_SAMPLES = 500
+HOSTNAME = socket.gethostname()
+# A worker whose process exists but has not heartbeaten for this many times the loss limit is hung.
+HUNG_AFTER_FACTOR = 20
 CACHE_DB = "cache.db"
 _RANGE_END = "\uffff"
 
@@ -177,6 +183,20 @@ class StoragePaths:
         return None
 
 
+def _process_created(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _process_alive(pid: int, created: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - created) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class WorkerInfo:
     id: str
@@ -185,6 +205,11 @@ class WorkerInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "host": self.host, "pid": self.pid}
+
+    @classmethod
+    def this_process(cls) -> WorkerInfo:
+        pid = os.getpid()
+        return cls(id=f"{HOSTNAME}:{pid}:{uuid.uuid4().hex[:6]}", host=HOSTNAME, pid=pid)
 
 
 class TaskStore:
@@ -498,8 +523,9 @@ class TaskStore:
     # --- workers -------------------------------------------------------------------------
 
     def heartbeat(self, worker: WorkerInfo, **extra: Any) -> None:
+        created = _process_created(worker.pid)
         with self._guard():
-            self.cache.set(K_WORKER + worker.id, {**worker.as_dict(), "at": time.time(), **extra})
+            self.cache.set(K_WORKER + worker.id, {**worker.as_dict(), "at": time.time(), "created": created, **extra})
 
     def forget_worker(self, worker: WorkerInfo) -> None:
         with self._guard():
@@ -509,10 +535,25 @@ class TaskStore:
         return [beat for _, beat in self._range(K_WORKER)]
 
     def alive_workers(self) -> set[str]:
-        limit = time.time() - self.worker_lost_after_seconds
-        return {beat["id"] for beat in self.workers() if beat.get("at", 0) >= limit}
+        """Ids of live workers.
 
-    def reap_lost(self, only_pid: int | None = None, host: str | None = None) -> list[str]:
+        A worker on this machine is alive while its process exists (same pid and start time), so
+        a killed worker is seen at once and a busy one is never mistaken for dead; only a silence
+        of HUNG_AFTER_FACTOR x the heartbeat limit marks a hung one. Workers elsewhere count by
+        heartbeat alone.
+        """
+        now = time.time()
+        alive = set()
+        for beat in self.workers():
+            age = now - beat.get("at", 0)
+            if beat.get("host") == HOSTNAME and beat.get("created") is not None:
+                if _process_alive(beat["pid"], beat["created"]) and age < HUNG_AFTER_FACTOR * self.worker_lost_after_seconds:
+                    alive.add(beat["id"])
+            elif age < self.worker_lost_after_seconds:
+                alive.add(beat["id"])
+        return alive
+
+    def reap_lost(self, only_pid: int | None = None) -> list[str]:
         """Fail running tasks whose owner stopped heartbeating (or is the given dead pid)."""
         alive = self.alive_workers()
         lost = []
@@ -521,7 +562,7 @@ class TaskStore:
             owner = index.get("owner") or ""
             if only_pid is not None:
                 parts = owner.split(":")
-                if len(parts) < 3 or parts[-2] != str(only_pid) or (host and ":".join(parts[:-2]) != host):
+                if len(parts) < 3 or parts[-2] != str(only_pid) or ":".join(parts[:-2]) != HOSTNAME:
                     continue
             elif owner in alive:
                 continue
@@ -704,10 +745,16 @@ class TaskStore:
                 logger.error("rebuild: skipping %s: it holds task %s", path.name, task.task_id)
                 continue
             loaded.append(task)
-        loaded.sort(key=lambda t: t.task_id)
-        for start in range(0, len(loaded), 500):
+        self.import_tasks(loaded)
+        self.set_value(K_META + "initialized", now_iso())
+        return len(loaded)
+
+    def import_tasks(self, tasks: list[Task], batch: int = 500) -> None:
+        """Index task records in bulk, oldest first (ids already known are skipped; no files written)."""
+        ordered = sorted(tasks, key=lambda t: t.task_id)
+        for start in range(0, len(ordered), batch):
             with self._transaction():
-                for task in loaded[start:start + 500]:
+                for task in ordered[start:start + batch]:
                     if self._load(task.task_id) is not None:
                         continue
                     if task.status is TaskStatus.QUEUED:
@@ -715,8 +762,6 @@ class TaskStore:
                     task.rev -= 1  # _write adds one back
                     self._write(task, None)
                     self.cache.incr(f"{K_TOTAL}submitted:{task.step_name}")
-        self.set_value(K_META + "initialized", now_iso())
-        return len(loaded)
 
     def ensure_index(self, owner: str, wait_seconds: float = 300.0) -> None:
         """Rebuild from JSON once if this cache is new; other processes wait for it."""

@@ -58,6 +58,11 @@ class Server:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        return self.wait_workers(timeout)
+
+    def wait_workers(self, timeout: float = 60) -> Server:
+        """Wait until every worker heartbeats (after start, or after a worker was killed)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

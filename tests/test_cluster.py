@@ -36,7 +36,7 @@ def test_global_cap_queue_fifo_and_queue_full(make_server):
 
     def submit(i: int) -> httpx.Response:
         with httpx.Client(base_url=srv.url, timeout=30) as client:
-            return client.post("/run/diag_sleep", json={"parameters": {"seconds": 0.5}})
+            return client.post("/run/diag_sleep", json={"parameters": {"seconds": 2}})
 
     with ThreadPoolExecutor(30) as pool:
         responses = list(pool.map(submit, range(30)))

@@ -226,3 +226,22 @@ def test_lease_is_exclusive(store: TaskStore):
     assert store.acquire_lease("cleanup", "b", 0.1)
     time.sleep(0.2)
     assert store.acquire_lease("cleanup", "a", 10)  # an expired lease can be taken over
+
+
+def test_a_dead_local_process_is_lost_at_once_and_a_busy_one_is_not(store: TaskStore):
+    import subprocess
+    import sys
+
+    from api.store import HOSTNAME
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    created = __import__("psutil").Process(child.pid).create_time()
+    child.wait()
+    dead = WorkerInfo(id=f"{HOSTNAME}:{child.pid}:dddddd", host=HOSTNAME, pid=child.pid)
+    store.cache.set("worker:" + dead.id, {**dead.as_dict(), "at": time.time(), "created": created})
+    assert dead.id not in store.alive_workers()  # fresh heartbeat, but the process is gone
+
+    me = WorkerInfo.this_process()
+    store.heartbeat(me)
+    store.cache.set("worker:" + me.id, {**store.cache.get("worker:" + me.id), "at": time.time() - 30})
+    assert me.id in store.alive_workers()  # silent for 30 s, but its process is alive: busy, not dead

@@ -1,0 +1,317 @@
+"""Service benchmarks against a real 4-worker Gunicorn: prints one JSON line per figure, then a table.
+
+    .venv/bin/python -m tests.benchmarks.run [--only NAME ...] [--worker-class uvicorn|asgi]
+
+Names: roundtrip, burst, throughput, size, cleanup, stop, loss, etl. `wrk` (Debian package) is used
+for the throughput figure when installed; without it that figure is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from api.store import TaskStore
+from api.task import Task, TaskStatus, new_task_id, now_iso
+from tests.server import Server
+
+RESULTS: list[dict[str, Any]] = []
+
+
+def report(figure: str, value: float | None, unit: str, target: str = "", note: str = "") -> None:
+    row = {"figure": figure, "value": None if value is None else round(value, 3), "unit": unit,
+           "target": target, "note": note}
+    RESULTS.append(row)
+    print(json.dumps(row, ensure_ascii=False), flush=True)
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+class Conn:
+    """A persistent HTTP/1.1 connection with the least client overhead (stdlib http.client)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"content-type": "application/json"} if payload else {}
+        for attempt in range(2):
+            try:
+                self.conn.request(method, path, body=payload, headers=headers)
+                response = self.conn.getresponse()
+                data = response.read()
+                return response.status, json.loads(data) if data else None
+            except (ConnectionError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def bench_roundtrip(srv: Server, rounds: int = 300) -> None:
+    conn = Conn(srv.port)
+    samples = []
+    for i in range(rounds + 20):
+        started = time.perf_counter()
+        code, task = conn.request("POST", "/run/diag_noop")
+        assert code == 202, task
+        while True:
+            code, state = conn.request("GET", f"/status/{task['task_id']}")
+            if state["status"] in ("completed", "failed", "stopped"):
+                break
+        if i >= 20:  # warm-up excluded
+            samples.append((time.perf_counter() - started) * 1000)
+    report("roundtrip_p50", percentile(samples, 0.5), "ms", "<= 3")
+    report("roundtrip_p99", percentile(samples, 0.99), "ms", "<= 10")
+
+
+def _completed(conn: Conn) -> int:
+    return conn.request("GET", "/stats")[1]["tasks"]["by_status"]["completed"]
+
+
+def bench_burst(srv: Server, total: int = 1000, clients: int = 16) -> None:
+    probe = Conn(srv.port)
+    before = _completed(probe)
+    per_client = total // clients
+    errors: list[str] = []
+
+    def client() -> None:
+        conn = Conn(srv.port)
+        for _ in range(per_client):
+            code, body = conn.request("POST", "/run/diag_noop")
+            if code != 202:
+                errors.append(f"{code} {body}")
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    submitted = time.perf_counter() - started
+    while _completed(probe) - before < per_client * clients:
+        time.sleep(0.005)
+    took = time.perf_counter() - started
+    report("burst_tasks_per_second", per_client * clients / took, "tasks/s", ">= 600",
+           f"{per_client * clients} tasks, {clients} clients; submits alone {per_client * clients / submitted:.0f}/s;"
+           f" {len(errors)} errors")
+
+
+def _wrk(url: str, seconds: int = 5) -> float | None:
+    if not shutil.which("wrk"):
+        return None
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", url], capture_output=True, text=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(match.group(1)) if match else None
+
+
+def bench_throughput(srv: Server) -> None:
+    conn = Conn(srv.port)
+    task = conn.request("POST", "/run/diag_noop")[1]
+    srv.wait_for(task["task_id"])
+    livez = _wrk(f"{srv.url}/livez")
+    status = _wrk(f"{srv.url}/status/{task['task_id']}")
+    if livez is None or status is None:
+        report("status_vs_livez", None, "ratio", ">= 0.8", "wrk is not installed (apt-get install wrk)")
+        return
+    report("livez_rps", livez, "req/s", "", "wrk -t2 -c32 -d5s")
+    report("status_rps", status, "req/s", "", "wrk -t2 -c32 -d5s")
+    report("status_vs_livez", status / livez, "ratio", ">= 0.8")
+
+
+def seed(storage: Path, count: int, *, expired: bool = False) -> list[str]:
+    """Put ``count`` ended tasks straight into the store (JSON files + index), as a restore would."""
+    store = TaskStore(storage, storage / "runs", storage / "outputs", ttl_seconds=3600 if not expired else -60,
+                      max_running=25, max_queued=1000, worker_lost_after_seconds=3)
+    store.open()
+    tasks = []
+    for _ in range(count):
+        task = Task(task_id=new_task_id(), step_name="diag_noop", status=TaskStatus.QUEUED, created_at=now_iso(),
+                    log_file=None)
+        task.history.append({"status": "queued", "at": task.created_at, "reason": "seeded"})
+        task.status = TaskStatus.RUNNING
+        task.started_at = task.created_at
+        task.transition(TaskStatus.COMPLETED, "seeded", store.ttl_seconds)
+        task.result = {"seeded": True}
+        with open(storage / f"{task.task_id}.json", "w", encoding="utf-8") as out:
+            json.dump(task.file_view(), out, ensure_ascii=False, indent=2)
+        tasks.append(task)
+    store.import_tasks(tasks)
+    store.close()
+    return [t.task_id for t in tasks]
+
+
+def _p99(conn: Conn, path: str, n: int = 300) -> float:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        code, _ = conn.request("GET", path)
+        assert code == 200, (code, path)
+        samples.append((time.perf_counter() - started) * 1000)
+    return percentile(samples, 0.99)
+
+
+def bench_size(make: Callable[..., Server]) -> None:
+    results: dict[int, dict[str, float]] = {}
+    stored = 0
+    storage = Path(tempfile.mkdtemp(prefix="bench-size-")) / "task_storage"
+    storage.mkdir(parents=True)
+    srv = make(storage)
+    try:
+        for size in (100, 10_000, 100_000):
+            ids = seed(storage, size - stored)
+            stored = size
+            conn = Conn(srv.port)
+            results[size] = {
+                "status": _p99(conn, f"/status/{ids[-1]}"),
+                "tasks": _p99(conn, "/tasks?limit=50"),
+                "stats": _p99(conn, "/stats"),
+            }
+            for name, value in results[size].items():
+                report(f"p99_{name}_at_{size}", value, "ms")
+        for name in ("status", "tasks", "stats"):
+            report(f"{name}_p99_growth_100_to_100k", results[100_000][name] / results[100][name], "ratio", "<= 1.2")
+    finally:
+        srv.stop()
+
+
+def bench_cleanup(make: Callable[..., Server], count: int = 100_000) -> None:
+    storage = Path(tempfile.mkdtemp(prefix="bench-cleanup-")) / "task_storage"
+    storage.mkdir(parents=True)
+    srv = make(storage)
+    try:
+        live = Conn(srv.port).request("POST", "/run/diag_noop")[1]["task_id"]
+        srv.wait_for(live)
+        idle = _p99(Conn(srv.port), f"/status/{live}")
+        seed(storage, count, expired=True)
+        during: list[float] = []
+        done = threading.Event()
+
+        def poll() -> None:
+            conn = Conn(srv.port)
+            while not done.is_set():
+                started = time.perf_counter()
+                conn.request("GET", f"/status/{live}")
+                during.append((time.perf_counter() - started) * 1000)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        started = time.perf_counter()
+        code, body = Conn(srv.port).request("POST", "/cleanup/now")
+        took = time.perf_counter() - started
+        done.set()
+        poller.join()
+        assert code == 200, body
+        report("cleanup_100k_seconds", took, "s", "<= 30", f"removed {body['removed']}")
+        report("status_p99_idle", idle, "ms")
+        report("status_p99_during_cleanup", percentile(during, 0.99), "ms", f"<= {2 * idle:.2f} (2x idle)")
+    finally:
+        srv.stop()
+
+
+def bench_stop(srv: Server, rounds: int = 10) -> None:
+    clients = srv.clients_by_worker(2)
+    (owner_pid, owner), (_, other) = list(clients.items())[:2]
+    latencies = []
+    for _ in range(rounds):
+        task = srv.run("diag_sleep", client=owner, seconds=60)
+        srv.wait_for(task["task_id"], {"running"})
+        started = time.perf_counter()
+        assert other.post(f"/stop/{task['task_id']}").status_code == 202
+        while srv.status(task["task_id"])["status"] != "stopped":
+            time.sleep(0.005)
+        latencies.append(time.perf_counter() - started)
+    report("stop_latency_cross_worker_p50", statistics.median(latencies), "s", "<= 0.5",
+           f"max {max(latencies):.3f} s over {rounds}")
+
+
+def bench_loss(make: Callable[..., Server]) -> None:
+    for kind in ("gunicorn", "uvicorn"):
+        storage = Path(tempfile.mkdtemp(prefix=f"bench-loss-{kind}-")) / "task_storage"
+        srv = make(storage, kind=kind, workers=2)
+        try:
+            times = []
+            for _ in range(3):
+                task = srv.run("diag_sleep", seconds=60)
+                pid = srv.status(task["task_id"])["worker"]["pid"]
+                killed = time.perf_counter()
+                os.kill(pid, signal.SIGKILL)
+                srv.wait_for(task["task_id"], timeout=20)
+                times.append(time.perf_counter() - killed)
+                srv.wait_workers()
+            how = "child_exit hook" if kind == "gunicorn" else "heartbeats only"
+            report(f"worker_loss_detection_{kind}", max(times), "s", "<= 5", f"worst of 3 ({how})")
+        finally:
+            srv.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--worker-class", default="uvicorn", choices=["uvicorn", "asgi"])
+    args = parser.parse_args()
+    wanted = set(args.only) if args.only else {"roundtrip", "burst", "throughput", "size", "cleanup", "stop", "loss",
+                                               "etl"}
+    started = time.time()
+    servers: list[Server] = []
+
+    def make(storage: Path, **settings: Any) -> Server:
+        settings.setdefault("worker_class", args.worker_class)
+        srv = Server(storage, **settings)
+        servers.append(srv)
+        return srv.start()
+
+    try:
+        if wanted & {"roundtrip", "burst", "throughput", "stop"}:
+            main_srv = make(Path(tempfile.mkdtemp(prefix="bench-")) / "task_storage")
+            for name, bench in (("roundtrip", bench_roundtrip), ("burst", bench_burst),
+                                ("throughput", bench_throughput), ("stop", bench_stop)):
+                if name in wanted:
+                    bench(main_srv)
+            main_srv.stop()
+        if "size" in wanted:
+            bench_size(make)
+        if "cleanup" in wanted:
+            bench_cleanup(make)
+        if "loss" in wanted:
+            bench_loss(make)
+        if "etl" in wanted:
+            from tests.benchmarks import etl_bench
+
+            for row in etl_bench.run():
+                report(**row)
+    finally:
+        for srv in servers:
+            srv.stop()
+    print()
+    print(f"{'figure':44} {'value':>12} {'unit':8} target")
+    for row in RESULTS:
+        value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
+        print(f"{row['figure']:44} {value:>12} {row['unit']:8} {row['target']}  {row['note']}")
+    print(f"\n{len(RESULTS)} figures in {time.time() - started:.0f} s on {os.cpu_count()} cores, "
+          f"worker class {args.worker_class}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
