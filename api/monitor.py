@@ -9,7 +9,8 @@ from typing import Any
 
 from api.deps import Services
 from api.scheduler import LEASE_SECONDS
-from api.store import K_CLEANUP
+from api.cache import K_CLEANUP
+from api.counters import DURATION_BUCKETS
 from api.task import TaskStatus, parse_iso
 
 CACHE_READ_LIMIT_SECONDS = 2.0
@@ -109,44 +110,36 @@ def health(services: Services) -> tuple[bool, dict[str, Any]]:
     return not failing, {"status": "failing" if failing else "ok", "failing": failing, "checks": checks}
 
 
-def _percentile(samples: list[float], fraction: float) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def stats(services: Services) -> dict[str, Any]:
     store = services.store
-    counts = store.counts()
-    completed = sum(states.get("completed", 0) for states in counts["ended"].values())
-    failed = sum(states.get("failed", 0) for states in counts["ended"].values())
+    counters = store.counters()
+    data = counters.data
     running, queued = store.live_running(), store.queued_count()
     alive = store.alive_workers()
     durations = {
-        step: {"samples": len(samples), "p50": _percentile(samples, 0.5), "p95": _percentile(samples, 0.95),
-               "max": max(samples) if samples else None}
-        for step, samples in store.durations().items()
+        step: {"completed": hist["count"], "mean": round(hist["sum"] / hist["count"], 4) if hist["count"] else None,
+               "p50": counters.duration_quantile(step, 0.5), "p95": counters.duration_quantile(step, 0.95)}
+        for step, hist in data["durations"].items()
     }
     workers = [
         {"host": beat["host"], "pid": beat["pid"], "alive": beat["id"] in alive, "running": beat.get("running", 0),
-         "tasks_started": counts["per_worker"].get(f"{beat['host']}:{beat['pid']}", 0)}
+         "tasks_started": data["started_by"].get(f"{beat['host']}:{beat['pid']}", 0)}
         for beat in store.workers()
     ]
+    by_status = counters.by_status()
     return {
-        "tasks": {"by_status": counts["by_status"], "stored": sum(counts["by_status"].values())},
-        "by_step": counts["by_step"],
-        "submitted_total": counts["submitted"],
-        "ended_total": counts["ended"],
+        "tasks": {"by_status": by_status, "stored": sum(by_status.values())},
+        "by_step": counters.by_step(),
+        "submitted_total": data["submitted"],
+        "ended_total": data["ended"],
         "capacity": {"running": running, "queued": queued, "max_concurrent_tasks": store.max_running,
                      "max_queued_tasks": store.max_queued, "free_slots": max(0, store.max_running - running)},
-        "success_rate": round(completed / (completed + failed), 4) if completed + failed else None,
+        "success_rate": counters.success_rate(),
         "duration_seconds": durations,
         "storage": {"cache_bytes": store.cache_size_bytes(),
                     "disk_free_bytes": shutil.disk_usage(store.paths.root).free},
         "workers": workers,
-        "tasks_per_worker": {f"{w['host']}:{w['pid']}": w["tasks_started"] for w in workers},
+        "tasks_started_per_worker": data["started_by"],
         "last_cleanup": store.get_value(K_CLEANUP + "last"),
     }
 
@@ -160,7 +153,8 @@ def _labels(**labels: str) -> str:
 def metrics(services: Services) -> str:
     """Prometheus text format, computed from the shared store so every worker reports the same."""
     store = services.store
-    counts = store.counts()
+    counters = store.counters()
+    data = counters.data
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
@@ -170,12 +164,25 @@ def metrics(services: Services) -> str:
             lines.append(f"{name}{_labels(**labels)} {value}")
 
     family("etl_tasks_submitted_total", "counter", "Tasks accepted, by step.",
-           [({"step": step}, n) for step, n in sorted(counts["submitted"].items())])
+           [({"step": step}, n) for step, n in sorted(data["submitted"].items())])
     family("etl_tasks_ended_total", "counter", "Tasks that ended, by step and final status.",
-           [({"step": step, "status": status}, n) for step, states in sorted(counts["ended"].items())
+           [({"step": step, "status": status}, n) for step, states in sorted(data["ended"].items())
             for status, n in sorted(states.items())])
     family("etl_tasks", "gauge", "Tasks now stored, by status.",
-           [({"status": status}, n) for status, n in counts["by_status"].items()])
+           [({"status": status}, n) for status, n in counters.by_status().items()])
+    histogram: list[tuple[dict[str, str], float]] = []
+    for step, hist in sorted(data["durations"].items()):
+        cumulative = 0
+        for bound, n in zip([*DURATION_BUCKETS, "+Inf"], hist["buckets"]):
+            cumulative += n
+            histogram.append(({"step": step, "le": str(bound)}, cumulative))
+    lines.append("# HELP etl_step_duration_seconds Run time of completed steps.")
+    lines.append("# TYPE etl_step_duration_seconds histogram")
+    for labels, value in histogram:
+        lines.append(f"etl_step_duration_seconds_bucket{_labels(**labels)} {value}")
+    for step, hist in sorted(data["durations"].items()):
+        lines.append(f"etl_step_duration_seconds_sum{_labels(step=step)} {hist['sum']}")
+        lines.append(f"etl_step_duration_seconds_count{_labels(step=step)} {hist['count']}")
     family("etl_tasks_running", "gauge", "Tasks running on live workers.", [({}, store.live_running())])
     family("etl_tasks_queued", "gauge", "Tasks waiting for a slot.", [({}, store.queued_count())])
     family("etl_max_concurrent_tasks", "gauge", "The global running cap.", [({}, store.max_running)])

@@ -8,9 +8,12 @@ slots free up.
 from __future__ import annotations
 
 import logging
+import queue
+import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +21,8 @@ from pydantic import BaseModel
 
 from api.errors import ShuttingDown
 from api.settings import Settings
-from api.store import TaskStore, WorkerInfo
+from api.store import TaskStore
+from api.workers import WorkerInfo
 from api.task import Task, TaskStatus, mask_secrets, new_task_id, now_iso
 from etl import registry, runtime
 from etl.errors import StepStopped
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
 PROGRESS_FLUSH_SECONDS = 0.5
+DIRTY_SWEEP_SECONDS = 5.0
+SWITCH_INTERVAL_SECONDS = 0.001
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -36,10 +42,42 @@ class LocalTask:
 
     task_id: str
     context: runtime.TaskContext
-    thread: threading.Thread
+    done: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
     stop_seen: float | None = None
     last_flush: float = 0.0
+
+
+class _TaskThreads:
+    """Daemon threads that run task bodies. An idle thread is reused, so starting a task does not
+    wait for a new thread to boot; a thread abandoned by a stubborn step is simply never idle again."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, name: str, job: Callable[[], None]) -> None:
+        with self._lock:
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1
+        if reuse:
+            self._jobs.put((name, job))
+        else:
+            threading.Thread(target=self._serve, args=(name, job), name=name, daemon=True).start()
+
+    def _serve(self, name: str, job: Callable[[], None]) -> None:
+        while True:
+            threading.current_thread().name = name
+            try:
+                job()
+            except Exception:
+                logger.exception("task thread error")
+            threading.current_thread().name = "task-idle"
+            with self._lock:
+                self._idle += 1
+            name, job = self._jobs.get()
 
 
 class Runner:
@@ -54,6 +92,7 @@ class Runner:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._loop_thread: threading.Thread | None = None
+        self._threads = _TaskThreads()
         self._log_handler = runtime.TaskLogHandler()
         self._log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self.abandoned = 0
@@ -61,10 +100,15 @@ class Runner:
     # --- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        # Task threads, the file writer and the event loop share the GIL; every SQLite call drops
+        # and retakes it. At the default 5 ms switch interval a busy event loop made each retake
+        # wait up to 5 ms, so a no-op task took ~20 ms end to end.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         logging.getLogger().addHandler(self._log_handler)
         etl_logger = logging.getLogger("etl")
         if etl_logger.getEffectiveLevel() > logging.INFO:
             etl_logger.setLevel(logging.INFO)  # task logs keep INFO lines whatever the server log level
+        self.store.start_file_writer()
         self.store.heartbeat(self.worker, started_at=now_iso(), running=0)
         self._loop_thread = threading.Thread(target=self._loop, name="etl-runner", daemon=True)
         self._loop_thread.start()
@@ -83,9 +127,9 @@ class Runner:
             item.context.request_stop("shutdown")
         deadline = time.monotonic() + wait_seconds
         for item in local:
-            item.thread.join(max(0.0, deadline - time.monotonic()))
+            item.done.wait(max(0.0, deadline - time.monotonic()))
         for item in local:
-            if item.thread.is_alive():
+            if not item.done.is_set():
                 reason = "the worker shut down before the step finished"
                 self.store.finish(item.task_id, TaskStatus.FAILED, reason,
                                   error={"type": "WorkerLost", "message": reason, "traceback": None})
@@ -134,12 +178,12 @@ class Runner:
             custom_params=task.custom_params,
             log_file=self.store.paths.log_file(task.task_id),
         )
-        thread = threading.Thread(target=self._execute, args=(task, context), name=f"task-{task.task_id}", daemon=True)
+        item = LocalTask(task.task_id, context)
         with self._lock:
-            self._tasks[task.task_id] = LocalTask(task.task_id, context, thread)
-        thread.start()
+            self._tasks[task.task_id] = item
+        self._threads.run(f"task-{task.task_id}", lambda: self._execute(task, context, item))
 
-    def _execute(self, task: Task, context: runtime.TaskContext) -> None:
+    def _execute(self, task: Task, context: runtime.TaskContext, item: LocalTask) -> None:
         """The task thread: run the step and record how it ended."""
         status, reason, result, error = TaskStatus.FAILED, "", None, None
         with runtime.bind(context):
@@ -162,6 +206,7 @@ class Runner:
                 error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
                 logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, exc)
             logger.info("task %s: %s", task.task_id, status.value)
+        context.close_log()
         try:
             self._record_end(context, status, reason, result, error)
         except Exception:
@@ -169,6 +214,7 @@ class Runner:
         finally:
             with self._lock:
                 self._tasks.pop(task.task_id, None)
+            item.done.set()
             self._wake.set()
 
     def _record_end(self, context: runtime.TaskContext, status: TaskStatus, reason: str, result: Any,
@@ -186,7 +232,7 @@ class Runner:
     # --- the control loop ----------------------------------------------------------------
 
     def _loop(self) -> None:
-        last_beat = 0.0
+        last_beat = last_sweep = 0.0
         while not self._closing.is_set() or self._has_tasks():
             try:
                 now = time.monotonic()
@@ -196,6 +242,9 @@ class Runner:
                         running = len(self._tasks)
                     self.store.heartbeat(self.worker, running=running, abandoned=self.abandoned)
                     self.store.reap_lost()
+                if now - last_sweep >= DIRTY_SWEEP_SECONDS:
+                    last_sweep = now
+                    self.store.sweep_dirty()
                 self._watch_tasks(now)
                 if not self._closing.is_set():
                     self._start_queued()

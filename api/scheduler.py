@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import Conflict
-from api.store import K_CLEANUP, TaskStore
+from api.cache import K_CLEANUP
+from api.store import TaskStore
 from api.task import now_iso
 
 logger = logging.getLogger(__name__)

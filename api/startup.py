@@ -8,7 +8,8 @@ import time
 
 from api.auth import KeyRing
 from api.settings import PROJECT_ROOT, Settings
-from api.store import CacheCorrupt, TaskStore
+from api.cache import CacheCorrupt
+from api.store import TaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ def prepare_storage(settings: Settings) -> None:
             shutil.copyfile(SUPPORT_README, readme)
         if not store.is_initialized():
             store.ensure_index(owner="startup")
+        written = store.sweep_dirty(older_than_seconds=0)
+        if written:
+            logger.info("wrote %d task file(s) that lagged behind the cache", written)
     finally:
         store.close()
 

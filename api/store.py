@@ -14,202 +14,25 @@ import math
 import os
 import shutil
 import sqlite3
-import socket
+import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
-import psutil
 
+from api.cache import (
+    K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_LEASE, K_META, K_STATUS, K_STOP, K_TASK, K_WORKER, QUEUE_PREFIX, RANGE_END, key_count, key_range, open_cache,
+)
+from api.counters import Counters
 from api.errors import Conflict, QueueFull, StorageUnavailable, TaskNotFound
+from api.files import FileWriter, StoragePaths, write_json_atomic
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
+from api.workers import HOSTNAME, HUNG_AFTER_FACTOR, WorkerInfo, process_alive, process_created
 
 logger = logging.getLogger(__name__)
 
-# Every key prefix of the cache.
-K_TASK = "task:"  # task:<id> -> the task record
-K_STATUS = "status:"  # status:<status>:<id> -> {"step", "owner"}; ids are UUIDv7, so keys sort by age
-K_EXPIRES = "expires:"  # expires:<epoch seconds, 14 digits>:<id> -> ""; what cleanup removes
-K_STOP = "stop:"  # stop:<id> -> {"at", "by"}; a pending stop request the owner polls
-K_IDEMPOTENCY = "idem:"  # idem:<key> -> {"task_id", "fingerprint"}
-K_WORKER = "worker:"  # worker:<worker id> -> heartbeat
-K_COUNT = "count:"  # count:status:<s>, count:step:<step>:<s> -> tasks now in that state
-K_TOTAL = "total:"  # total:submitted:<step>, total:ended:<step>:<s>, total:worker:<host:pid> -> ever
-K_DURATIONS = "durations:"  # durations:<step> -> the last DURATION_SAMPLES run times
-K_LEASE = "lease:"  # lease:<name> -> {"owner", "expires"}
-K_CLEANUP = "cleanup:"  # cleanup:schedule, cleanup:last, cleanup:next
-K_META = "meta:"  # meta:initialized, meta:rebuild
-QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
-
-DURATION_SAMPLES = 500
-HOSTNAME = socket.gethostname()
-# A worker whose process exists but has not heartbeaten for this many times the loss limit is hung.
-HUNG_AFTER_FACTOR = 20
-CACHE_DB = "cache.db"
-_RANGE_END = "\uffff"
-
-
-class UnsafeCacheRow(Exception):
-    """The cache holds a row that is not JSON (a pickle); refusing to load it."""
-
-
-class CacheCorrupt(Exception):
-    """The cache database cannot be opened or read."""
-
-
-class JSONOnlyDisk(diskcache.Disk):
-    """Serialises values as JSON text and refuses pickled rows, so a planted row cannot run code.
-
-    diskcache <= 5.6.3 unpickles any row it reads (CVE-2025-69872). Integers stay native so
-    ``Cache.incr`` keeps working; everything else is JSON.
-    """
-
-    def put(self, key: Any) -> tuple[Any, bool]:
-        if type(key) is not str:
-            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-        return key, True
-
-    def get(self, key: Any, raw: bool) -> Any:
-        if not raw:
-            raise UnsafeCacheRow("a cache key is pickled")
-        return key
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
-        if read:
-            raise TypeError("file values are not stored in the task cache")
-        if type(value) is int:
-            return super().store(value, False, key=key)
-        return super().store(json.dumps(value, ensure_ascii=False, separators=(",", ":")), False, key=key)
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_RAW:
-            if type(value) is int:
-                return value
-            if type(value) is str:
-                return json.loads(value)
-        elif mode == diskcache.core.MODE_TEXT:
-            return json.loads(super().fetch(mode, filename, value, False))
-        raise UnsafeCacheRow(f"refusing to load a cache row of mode {mode} (only JSON is accepted)")
-
-
-def open_cache(directory: Path, timeout_seconds: float) -> diskcache.Cache:
-    """Open the cache directory (created if missing); CacheCorrupt if its database is unusable."""
-    try:
-        cache = diskcache.Cache(
-            str(directory),
-            timeout=timeout_seconds,
-            disk=JSONOnlyDisk,
-            eviction_policy="none",
-            cull_limit=0,
-            statistics=False,
-            tag_index=False,
-        )
-        cache.get(K_META + "initialized")
-        return cache
-    except (sqlite3.DatabaseError, UnsafeCacheRow, json.JSONDecodeError) as exc:
-        raise CacheCorrupt(f"{directory / CACHE_DB}: {exc}") from exc
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as indented UTF-8 JSON: temp file, fsync, replace (readers never see half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as out:
-            json.dump(data, out, ensure_ascii=False, indent=2)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        for attempt in range(20):
-            try:
-                os.replace(tmp, path)
-                return
-            except PermissionError:
-                # Windows refuses to replace a file another process has open; it is brief.
-                if attempt == 19:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class StoragePaths:
-    """Every file path of the store, built from a validated task id."""
-
-    root: Path
-    work_root: Path
-    output_root: Path
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.root / "task_cache"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.root / "logs"
-
-    def _checked(self, task_id: str) -> str:
-        if not is_task_id(task_id):
-            raise TaskNotFound()
-        return task_id
-
-    def task_file(self, task_id: str) -> Path:
-        return self.root / f"{self._checked(task_id)}.json"
-
-    def log_file(self, task_id: str) -> Path:
-        return self.logs_dir / f"{self._checked(task_id)}.log"
-
-    def work_dir(self, task_id: str) -> Path:
-        return self.work_root / "tasks" / self._checked(task_id)
-
-    def removable(self, path: str) -> Path | None:
-        """``path`` if cleanup may delete it (under the work root, never the output root), else None."""
-        candidate = Path(path)
-        if _inside(self.work_root, candidate) and not _inside(self.output_root, candidate):
-            return candidate
-        return None
-
-
-def _process_created(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def _process_alive(pid: int, created: float) -> bool:
-    try:
-        return abs(psutil.Process(pid).create_time() - created) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    id: str
-    host: str
-    pid: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "host": self.host, "pid": self.pid}
-
-    @classmethod
-    def this_process(cls) -> WorkerInfo:
-        pid = os.getpid()
-        return cls(id=f"{HOSTNAME}:{pid}:{uuid.uuid4().hex[:6]}", host=HOSTNAME, pid=pid)
 
 
 class TaskStore:
@@ -234,6 +57,9 @@ class TaskStore:
         self.worker_lost_after_seconds = worker_lost_after_seconds
         self._cache_timeout = cache_timeout_seconds
         self._cache: diskcache.Cache | None = None
+        self._writer: FileWriter | None = None
+        self._write_lock = threading.RLock()
+        self._files_done: dict[str, int] = {}  # task id -> revision this process's writer put on disk
 
     # --- opening -------------------------------------------------------------------------
 
@@ -244,9 +70,12 @@ class TaskStore:
             if os.name == "posix":
                 with contextlib.suppress(OSError):
                     folder.chmod(0o700)
-        self._cache = open_cache(self.paths.cache_dir, self._cache_timeout)
+        self._cache = open_cache(self.paths.cache_dir)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         if self._cache is not None:
             self._cache.close()
             self._cache = None
@@ -270,40 +99,50 @@ class TaskStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        with self._guard(), self.cache.transact():
+        """One write transaction (re-entrant within a thread).
+
+        Threads of this process queue on a lock; other processes are waited for with a short
+        back-off. SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more, which dominated task
+        latency under contention, so the connection's busy timeout is 0 and the wait is ours.
+        """
+        with self._guard(), self._write_lock, contextlib.ExitStack() as stack:
+            deadline = time.monotonic() + self._cache_timeout
+            delay = 50e-6
+            while True:
+                try:
+                    stack.enter_context(self.cache.transact())
+                    break
+                except diskcache.Timeout:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2e-3)
             yield
+
+    def _read(self, read: Callable[[], Any]) -> Any:
+        """Run a read, retrying briefly in the rare case SQLite reports the database busy."""
+        deadline = time.monotonic() + self._cache_timeout
+        delay = 50e-6
+        with self._guard():
+            while True:
+                try:
+                    return read()
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2e-3)
 
     # --- raw reads -----------------------------------------------------------------------
 
     def _get(self, key: str, default: Any = None) -> Any:
-        return self.cache.get(key, default)
+        return self._read(lambda: self.cache.get(key, default))
 
-    def _range(self, prefix: str, *, before: str | None = None, after: str | None = None,
-               limit: int | None = None, newest_first: bool = False) -> list[tuple[str, Any]]:
-        """(key, value) pairs whose key starts with ``prefix``, in key order, via the key index.
-
-        diskcache has no public range query; its Cache table keeps (key, raw) uniquely indexed,
-        so this is O(log n + rows).
-        """
-        low = prefix + (after or "")
-        high = prefix + (before or _RANGE_END)
-        order = "DESC" if newest_first else "ASC"
-        query = (
-            "SELECT key, mode, filename, value FROM Cache WHERE key > ? AND key < ? AND raw = 1 "
-            f"ORDER BY key {order} LIMIT ?"
-        )
-        args = (low, high, limit or -1)
-        disk = self.cache.disk
-        with self._guard():
-            rows = self.cache._sql(query, args).fetchall()
-            return [(key, disk.fetch(mode, filename, value, False)) for key, mode, filename, value in rows]
+    def _range(self, prefix: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        return self._read(lambda: key_range(self.cache, prefix, **kwargs))
 
     def _count(self, prefix: str) -> int:
-        with self._guard():
-            (count,) = self.cache._sql(
-                "SELECT COUNT(*) FROM Cache WHERE key > ? AND key < ? AND raw = 1", (prefix, prefix + _RANGE_END)
-            ).fetchone()
-            return count
+        return self._read(lambda: key_count(self.cache, prefix))
 
     # --- task records --------------------------------------------------------------------
 
@@ -311,8 +150,7 @@ class TaskStore:
         """The task, or TaskNotFound (also for a malformed or expired id)."""
         if not is_task_id(task_id):
             raise TaskNotFound()
-        with self._guard():
-            data = self._get(K_TASK + task_id)
+        data = self._get(K_TASK + task_id)
         if data is None:
             raise TaskNotFound()
         task = Task.from_dict(data)
@@ -324,30 +162,38 @@ class TaskStore:
         data = self._get(K_TASK + task_id)
         return Task.from_dict(data) if data is not None else None
 
-    def _write(self, task: Task, previous: TaskStatus | None) -> None:
-        """Store ``task`` and keep the indexes and counters in step (inside a transaction)."""
+    def _counters(self) -> Counters:
+        return Counters(self.cache.get(K_COUNTERS))
+
+    def _write(self, task: Task, previous: TaskStatus | None, counters: Counters | None = None) -> None:
+        """Store ``task`` and keep the indexes and counters in step (inside a transaction).
+
+        ``counters``: given when the caller saves them once for many writes; else updated here.
+        """
         cache = self.cache
         task.rev += 1
         cache.set(K_TASK + task.task_id, task.to_dict())
+        cache.set(K_DIRTY + task.task_id, {"rev": task.rev, "at": time.time()})
         if previous is task.status:
             return
         owner = task.worker["id"] if task.worker and task.status is TaskStatus.RUNNING else None
         if previous is not None:
             cache.delete(f"{K_STATUS}{previous.value}:{task.task_id}")
-            cache.incr(f"{K_COUNT}status:{previous.value}", -1)
-            cache.incr(f"{K_COUNT}step:{task.step_name}:{previous.value}", -1)
         cache.set(f"{K_STATUS}{task.status.value}:{task.task_id}", {"step": task.step_name, "owner": owner})
-        cache.incr(f"{K_COUNT}status:{task.status.value}")
-        cache.incr(f"{K_COUNT}step:{task.step_name}:{task.status.value}")
+        own = counters is None
+        counters = self._counters() if own else counters
+        counters.moved(task.step_name, previous.value if previous else None, task.status.value)
+        if previous is None:
+            counters.submitted(task.step_name)
+        if task.status is TaskStatus.RUNNING and task.worker:
+            counters.started_by(f"{task.worker['host']}:{task.worker['pid']}")
         if task.status.terminal:
             cache.set(self._expiry_key(task), "")
-            cache.incr(f"{K_TOTAL}ended:{task.step_name}:{task.status.value}")
-            cache.delete(K_STOP + task.task_id)
-            if task.duration_seconds is not None and task.status is TaskStatus.COMPLETED:
-                key = K_DURATIONS + task.step_name
-                samples = cache.get(key, [])
-                samples.append(task.duration_seconds)
-                cache.set(key, samples[-DURATION_SAMPLES:])
+            counters.ended(task.step_name, task.status.value, task.duration_seconds)
+            if task.stop_requested:
+                cache.delete(K_STOP + task.task_id)
+        if own:
+            cache.set(K_COUNTERS, counters.data)
 
     @staticmethod
     def _expiry_key(task: Task) -> str:
@@ -356,21 +202,66 @@ class TaskStore:
         return f"{K_EXPIRES}{expires:014d}:{task.task_id}"
 
     def _sync_file(self, task_id: str) -> None:
+        """Bring the task's JSON file up to date: on the writer thread if there is one, else now."""
+        if self._writer is not None:
+            self._writer.enqueue(task_id)
+        elif self.write_file(task_id) is not None:
+            with self._transaction():
+                self.cache.delete(K_DIRTY + task_id)
+
+    def write_file(self, task_id: str) -> int | None:
         """Rewrite the task's JSON file from the cache until the file holds the newest revision.
 
         Writers in other processes may replace the file concurrently; whoever replaces it last
         re-checks the revision, so the file always ends at the latest committed state.
         """
         path = self.paths.task_file(task_id)
-        with self._guard():
-            for _ in range(10):
-                task = self._load(task_id)
-                if task is None:
-                    return
+        for _ in range(10):
+            task = self._load(task_id)
+            if task is None:
+                return None
+            with self._guard():
                 write_json_atomic(path, task.file_view())
-                latest = self._get(K_TASK + task_id)
-                if latest is None or latest.get("rev") == task.rev:
-                    return
+            latest = self._get(K_TASK + task_id)
+            if latest is None or latest.get("rev") == task.rev:
+                return task.rev
+        return None
+
+    def _files_written(self, written: dict[str, int]) -> None:
+        self._files_done.update(written)
+
+    def sweep_dirty(self, older_than_seconds: float = 5.0, orphaned_after_seconds: float = 30.0) -> int:
+        """Clear the dirty marks of files written since, and write the files a dead writer left.
+
+        Marks are cleared here in one transaction rather than after every write, which would add
+        a write transaction per file. Returns how many files had to be written.
+        """
+        now = time.time()
+        clear: list[str] = []
+        rewritten = 0
+        for key, mark in self._range(K_DIRTY):
+            task_id = key[len(K_DIRTY):]
+            if mark["at"] > now - older_than_seconds:
+                continue
+            if self._files_done.get(task_id, -1) >= mark["rev"]:
+                clear.append(task_id)
+            elif mark["at"] <= now - orphaned_after_seconds or self._writer is None:
+                if self.write_file(task_id) is not None:
+                    rewritten += 1
+                clear.append(task_id)
+        if clear:
+            with self._transaction():
+                for task_id in clear:
+                    mark = self.cache.get(K_DIRTY + task_id)
+                    task = self.cache.get(K_TASK + task_id)
+                    if mark is not None and (task is None or task["rev"] <= mark["rev"]):
+                        self.cache.delete(K_DIRTY + task_id)
+                    self._files_done.pop(task_id, None)
+        return rewritten
+
+    def start_file_writer(self) -> None:
+        self._writer = FileWriter(self.write_file, self._files_written)
+        self._writer.start()
 
     def update(self, task_id: str, change: Callable[[Task], bool]) -> Task | None:
         """Apply ``change`` to the task in one transaction (it returns False to leave it as is)."""
@@ -424,7 +315,6 @@ class TaskStore:
                     f"The queue is full ({queued} tasks waiting, limit {self.max_queued}); retry later.",
                     headers={"Retry-After": "5"},
                 )
-            cache.incr(f"{K_TOTAL}submitted:{task.step_name}")
             if idempotency:
                 task.idempotency_key = idempotency[0]
                 cache.set(K_IDEMPOTENCY + idempotency[0], {"task_id": task.task_id, "fingerprint": idempotency[1]})
@@ -436,13 +326,11 @@ class TaskStore:
         task.worker = worker.as_dict()
         task.message = "running"
         task.transition(TaskStatus.RUNNING, f"{reason} (worker {worker.host}:{worker.pid})", self.ttl_seconds)
-        self.cache.incr(f"{K_TOTAL}worker:{worker.host}:{worker.pid}")
 
     def claim_next(self, worker: WorkerInfo) -> Task | None:
         """Start the oldest queued task on ``worker`` if the global cap allows; None otherwise."""
-        with self._guard():
-            if self.queued_count() == 0:
-                return None
+        if self.queued_count() == 0:
+            return None
         with self._transaction():
             if self.live_running() >= self.max_running:
                 return None
@@ -506,8 +394,7 @@ class TaskStore:
         return task
 
     def pending_stops(self, task_ids: list[str]) -> set[str]:
-        with self._guard():
-            return {task_id for task_id in task_ids if self._get(K_STOP + task_id) is not None}
+        return {task_id for task_id in task_ids if self._get(K_STOP + task_id) is not None}
 
     def save_progress(self, task_id: str, progress: float, message: str, log_tail: list[str],
                       log_lines: int, artifacts: list[str]) -> None:
@@ -523,12 +410,12 @@ class TaskStore:
     # --- workers -------------------------------------------------------------------------
 
     def heartbeat(self, worker: WorkerInfo, **extra: Any) -> None:
-        created = _process_created(worker.pid)
-        with self._guard():
+        created = process_created(worker.pid)
+        with self._transaction():
             self.cache.set(K_WORKER + worker.id, {**worker.as_dict(), "at": time.time(), "created": created, **extra})
 
     def forget_worker(self, worker: WorkerInfo) -> None:
-        with self._guard():
+        with self._transaction():
             self.cache.delete(K_WORKER + worker.id)
 
     def workers(self) -> list[dict[str, Any]]:
@@ -547,7 +434,7 @@ class TaskStore:
         for beat in self.workers():
             age = now - beat.get("at", 0)
             if beat.get("host") == HOSTNAME and beat.get("created") is not None:
-                if _process_alive(beat["pid"], beat["created"]) and age < HUNG_AFTER_FACTOR * self.worker_lost_after_seconds:
+                if process_alive(beat["pid"], beat["created"]) and age < HUNG_AFTER_FACTOR * self.worker_lost_after_seconds:
                     alive.add(beat["id"])
             elif age < self.worker_lost_after_seconds:
                 alive.add(beat["id"])
@@ -592,17 +479,15 @@ class TaskStore:
                 self.cache.delete(K_LEASE + name)
 
     def lease(self, name: str) -> dict[str, Any] | None:
-        with self._guard():
-            return self._get(K_LEASE + name)
+        return self._get(K_LEASE + name)
 
     # --- settings kept in the store ------------------------------------------------------
 
     def get_value(self, key: str, default: Any = None) -> Any:
-        with self._guard():
-            return self._get(key, default)
+        return self._get(key, default)
 
     def set_value(self, key: str, value: Any) -> None:
-        with self._guard():
+        with self._transaction():
             self.cache.set(key, value)
 
     # --- listing and numbers -------------------------------------------------------------
@@ -614,8 +499,7 @@ class TaskStore:
         for state in [status] if status else list(TaskStatus):
             found.update(self._newest_ids(f"{K_STATUS}{state.value}:", step, limit + 1, cursor))
         page_ids = sorted(found, reverse=True)[: limit + 1]
-        with self._guard():
-            tasks = [t for t in (self._load(i) for i in page_ids[:limit]) if t is not None]
+        tasks = [t for t in (self._load(i) for i in page_ids[:limit]) if t is not None]
         next_cursor = page_ids[limit - 1] if len(page_ids) > limit else None
         return tasks, next_cursor
 
@@ -630,33 +514,9 @@ class TaskStore:
             before = rows[-1][0][len(prefix):]
         return ids[:want]
 
-    def counts(self) -> dict[str, Any]:
-        """Counters kept with every transition: by status, by step and status, totals."""
-        by_status = {s.value: 0 for s in TaskStatus}
-        by_step: dict[str, dict[str, int]] = {}
-        submitted: dict[str, int] = {}
-        ended: dict[str, dict[str, int]] = {}
-        per_worker: dict[str, int] = {}
-        for key, value in self._range(K_COUNT):
-            parts = key[len(K_COUNT):].split(":")
-            if parts[0] == "status":
-                by_status[parts[1]] = value
-            elif parts[0] == "step" and value:
-                by_step.setdefault(parts[1], {})[parts[2]] = value
-        for key, value in self._range(K_TOTAL):
-            kind, _, rest = key[len(K_TOTAL):].partition(":")
-            if kind == "submitted":
-                submitted[rest] = value
-            elif kind == "ended":
-                step_name, _, state = rest.rpartition(":")
-                ended.setdefault(step_name, {})[state] = value
-            elif kind == "worker":
-                per_worker[rest] = value
-        return {"by_status": by_status, "by_step": by_step, "submitted": submitted, "ended": ended,
-                "per_worker": per_worker}
-
-    def durations(self) -> dict[str, list[float]]:
-        return {key[len(K_DURATIONS):]: samples for key, samples in self._range(K_DURATIONS)}
+    def counters(self) -> Counters:
+        """Every count /stats and /metrics report (one read, whatever the number of tasks)."""
+        return Counters(self._get(K_COUNTERS))
 
     def cache_size_bytes(self) -> int:
         total = 0
@@ -676,31 +536,33 @@ class TaskStore:
         removed: list[str] = []
         freed = 0
         while True:
-            rows = self._range(K_EXPIRES, before=f"{int(cutoff):014d}:{_RANGE_END}", limit=batch)
+            rows = self._range(K_EXPIRES, before=f"{int(cutoff):014d}:{RANGE_END}", limit=batch)
             if not rows:
                 break
             doomed: list[Task] = []
             with self._transaction():
+                counters = self._counters()
                 for key, _ in rows:
                     task_id = key.rsplit(":", 1)[1]
                     self.cache.delete(key)
                     task = self._load(task_id)
                     if task is None or not task.status.terminal:
                         continue
-                    self._drop(task)
+                    self._drop(task, counters)
                     doomed.append(task)
+                self.cache.set(K_COUNTERS, counters.data)
             for task in doomed:
                 freed += self._remove_files(task)
                 removed.append(task.task_id)
         return {"removed": len(removed), "task_ids": removed[:100], "freed_bytes": freed}
 
-    def _drop(self, task: Task) -> None:
+    def _drop(self, task: Task, counters: Counters) -> None:
         cache = self.cache
         cache.delete(K_TASK + task.task_id)
         cache.delete(f"{K_STATUS}{task.status.value}:{task.task_id}")
         cache.delete(K_STOP + task.task_id)
-        cache.incr(f"{K_COUNT}status:{task.status.value}", -1)
-        cache.incr(f"{K_COUNT}step:{task.step_name}:{task.status.value}", -1)
+        cache.delete(K_DIRTY + task.task_id)
+        counters.moved(task.step_name, task.status.value, None)
         if task.idempotency_key:
             cache.delete(K_IDEMPOTENCY + task.idempotency_key)
 
@@ -754,20 +616,21 @@ class TaskStore:
         ordered = sorted(tasks, key=lambda t: t.task_id)
         for start in range(0, len(ordered), batch):
             with self._transaction():
+                counters = self._counters()
                 for task in ordered[start:start + batch]:
                     if self._load(task.task_id) is not None:
                         continue
                     if task.status is TaskStatus.QUEUED:
                         task.queue_key = self.cache.push(task.task_id, prefix=QUEUE_PREFIX)
                     task.rev -= 1  # _write adds one back
-                    self._write(task, None)
-                    self.cache.incr(f"{K_TOTAL}submitted:{task.step_name}")
+                    self._write(task, None, counters)
+                self.cache.set(K_COUNTERS, counters.data)
 
     def ensure_index(self, owner: str, wait_seconds: float = 300.0) -> None:
         """Rebuild from JSON once if this cache is new; other processes wait for it."""
         if self.is_initialized():
             return
-        with self._guard():
+        with self._transaction():
             won = self.cache.add(K_META + "rebuild", {"owner": owner, "at": time.time()})
         if won:
             count = self.rebuild()

@@ -6,7 +6,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -100,14 +100,14 @@ class Task:
     rev: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow on purpose (asdict deep-copies): the dict is serialised at once, never kept.
+        data = {f.name: getattr(self, f.name) for f in _FIELDS}
         data["status"] = self.status.value
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Task:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in _FIELD_NAMES}
         values["status"] = TaskStatus(values["status"])
         return cls(**values)
 
@@ -182,3 +182,7 @@ class Task:
             "duration_seconds": self.duration_seconds,
             "error_type": self.error["type"] if self.error else None,
         }
+
+
+_FIELDS = fields(Task)
+_FIELD_NAMES = frozenset(f.name for f in _FIELDS)

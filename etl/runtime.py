@@ -60,6 +60,7 @@ class TaskContext:
     log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     log_lines: int = 0
     log_file: Path | None = None
+    _log_stream: Any = None
     changed: threading.Event = field(default_factory=threading.Event)
     _stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -75,6 +76,26 @@ class TaskContext:
         for callback in callbacks:
             with contextlib.suppress(Exception):
                 callback()
+
+    def write_log(self, line: str) -> None:
+        """Append a line to the task's log file (kept open for the task's life)."""
+        if self.log_file is None:
+            return
+        with self._lock:
+            if self._log_stream is None:
+                self._log_stream = open(self.log_file, "a", encoding="utf-8")
+            self._log_stream.write(line + "\n")
+            self._log_stream.flush()
+        for part in line.splitlines() or [""]:
+            self.log_tail.append(part)
+        self.log_lines += line.count("\n") + 1
+        self.changed.set()
+
+    def close_log(self) -> None:
+        with self._lock:
+            if self._log_stream is not None:
+                self._log_stream.close()
+                self._log_stream = None
 
     def task_work_dir(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -199,12 +220,6 @@ class TaskLogHandler(logging.Handler):
         if context is None or context.log_file is None:
             return
         try:
-            line = self.format(record)
-            with open(context.log_file, "a", encoding="utf-8") as log:
-                log.write(line + "\n")
-            for part in line.splitlines() or [""]:
-                context.log_tail.append(part)
-            context.log_lines += line.count("\n") + 1
-            context.changed.set()
+            context.write_log(self.format(record))
         except Exception:
             self.handleError(record)

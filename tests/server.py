@@ -41,7 +41,7 @@ class Server:
             "ETL_WORKERS": str(workers),
             "ETL_STORAGE_DIR": str(storage),
             "ETL_DIAGNOSTIC_STEPS": "1",
-            "ETL_GRACEFUL_TIMEOUT_SECONDS": "12",
+            "ETL_GRACEFUL_TIMEOUT_SECONDS": "15",
             "ETL_STOP_GRACE_SECONDS": "2",
         })
         self.env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})

@@ -11,7 +11,10 @@ import time
 import pytest
 
 from api.errors import Conflict, QueueFull, TaskNotFound
-from api.store import K_TASK, CacheCorrupt, TaskStore, UnsafeCacheRow, WorkerInfo, open_cache, write_json_atomic
+from api.cache import K_TASK, CacheCorrupt, UnsafeCacheRow, open_cache
+from api.files import write_json_atomic
+from api.store import TaskStore
+from api.workers import WorkerInfo
 from api.task import Task, TaskStatus, mask_secrets, new_task_id, now_iso
 
 ME = WorkerInfo(id="host:1:aaaaaa", host="host", pid=1)
@@ -128,7 +131,7 @@ def test_expired_task_is_not_found_and_cleanup_spares_live_tasks(store: TaskStor
     assert not work.exists()
     assert store.get(running.task_id).status is TaskStatus.RUNNING
     assert store.get(queued.task_id).status is TaskStatus.QUEUED
-    assert store.counts()["by_status"]["completed"] == 0
+    assert store.counters().by_status()["completed"] == 0
 
 
 def test_list_newest_first_with_filters_and_cursor(store: TaskStore):
@@ -174,7 +177,7 @@ def test_corrupt_cache_is_detected(tmp_path):
     folder.mkdir()
     (folder / "cache.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(CacheCorrupt):
-        open_cache(folder, 1)
+        open_cache(folder)
 
 
 def test_rebuild_from_json_files(tmp_path, store: TaskStore):
@@ -191,7 +194,7 @@ def test_rebuild_from_json_files(tmp_path, store: TaskStore):
     assert store.get(done.task_id).result == {"x": "é"}
     assert store.get(running.task_id).status is TaskStatus.RUNNING
     assert store.queued_count() == 2
-    assert store.counts()["by_status"] == {"queued": 2, "running": 1, "completed": 1, "failed": 0, "stopped": 0}
+    assert store.counters().by_status() == {"queued": 2, "running": 1, "completed": 1, "failed": 0, "stopped": 0}
     # The owner of the running task is gone: the reaper fails it.
     store.cache.set("worker:" + ME.id, {**ME.as_dict(), "at": 0})
     assert store.reap_lost() == [running.task_id]
@@ -232,7 +235,7 @@ def test_a_dead_local_process_is_lost_at_once_and_a_busy_one_is_not(store: TaskS
     import subprocess
     import sys
 
-    from api.store import HOSTNAME
+    from api.workers import HOSTNAME
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     created = __import__("psutil").Process(child.pid).create_time()
@@ -245,3 +248,15 @@ def test_a_dead_local_process_is_lost_at_once_and_a_busy_one_is_not(store: TaskS
     store.heartbeat(me)
     store.cache.set("worker:" + me.id, {**store.cache.get("worker:" + me.id), "at": time.time() - 30})
     assert me.id in store.alive_workers()  # silent for 30 s, but its process is alive: busy, not dead
+
+
+def test_a_file_left_behind_by_a_dead_writer_is_swept(store: TaskStore):
+    task = _submit(store)
+    with store._transaction():  # a change committed by a process that died before writing the file
+        stored = store._load(task.task_id)
+        stored.message = "changed by a worker that then died"
+        store._write(stored, stored.status)
+    assert "then died" not in store.paths.task_file(task.task_id).read_text()
+    assert store.sweep_dirty(older_than_seconds=0) == 1
+    assert "then died" in store.paths.task_file(task.task_id).read_text()
+    assert store.sweep_dirty(older_than_seconds=0) == 0

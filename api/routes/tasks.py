@@ -21,7 +21,8 @@ from etl.errors import UnknownStep
 router = APIRouter()
 
 MAX_WAIT_SECONDS = 60
-WAIT_POLL_SECONDS = 0.05
+WAIT_FIRST_POLL_SECONDS = 0.002
+WAIT_MAX_POLL_SECONDS = 0.05
 MAX_LOG_LINES = 5000
 
 
@@ -50,7 +51,7 @@ def _task_links(request: Request, task_id: str) -> dict[str, str]:
 
 
 @router.post("/run/{step_name}", status_code=202, summary="Start a task")
-def run_step(
+async def run_step(
     step_name: str,
     request: Request,
     services: ServicesDep,
@@ -97,8 +98,11 @@ async def task_status(
     if wait and not task.status.terminal:
         seen = (task.status, task.progress, task.stop_requested)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            await asyncio.sleep(WAIT_POLL_SECONDS)
+        pause = WAIT_FIRST_POLL_SECONDS
+        # Checks start 2 ms apart (a short task is seen ending at once) and back off to 50 ms.
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
             task = services.store.get(task_id)
             if (task.status, task.progress, task.stop_requested) != seen:
                 break

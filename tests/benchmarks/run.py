@@ -76,7 +76,7 @@ def bench_roundtrip(srv: Server, rounds: int = 300) -> None:
         code, task = conn.request("POST", "/run/diag_noop")
         assert code == 202, task
         while True:
-            code, state = conn.request("GET", f"/status/{task['task_id']}")
+            code, state = conn.request("GET", f"/status/{task['task_id']}?wait=10")
             if state["status"] in ("completed", "failed", "stopped"):
                 break
         if i >= 20:  # warm-up excluded

@@ -1,0 +1,117 @@
+"""The diskcache side of the store: a JSON-only disk, opening, key prefixes, range reads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+# Every key prefix of the cache.
+K_TASK = "task:"  # task:<id> -> the task record
+K_STATUS = "status:"  # status:<status>:<id> -> {"step", "owner"}; ids are UUIDv7, so keys sort by age
+K_EXPIRES = "expires:"  # expires:<epoch seconds, 14 digits>:<id> -> ""; what cleanup removes
+K_STOP = "stop:"  # stop:<id> -> {"at", "by"}; a pending stop request the owner polls
+K_IDEMPOTENCY = "idem:"  # idem:<key> -> {"task_id", "fingerprint"}
+K_WORKER = "worker:"  # worker:<worker id> -> heartbeat
+K_COUNTERS = "counters"  # the Counters document (api/counters.py)
+K_LEASE = "lease:"  # lease:<name> -> {"owner", "expires"}
+K_CLEANUP = "cleanup:"  # cleanup:schedule, cleanup:last, cleanup:next
+K_META = "meta:"  # meta:initialized, meta:rebuild
+K_DIRTY = "dirty:"  # dirty:<id> -> {"rev", "at"}: the task's JSON file lags the cache; cleared once written
+QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
+
+CACHE_DB = "cache.db"
+RANGE_END = "\uffff"
+
+
+class UnsafeCacheRow(Exception):
+    """The cache holds a row that is not JSON (a pickle); refusing to load it."""
+
+
+class CacheCorrupt(Exception):
+    """The cache database cannot be opened or read."""
+
+
+class JSONOnlyDisk(diskcache.Disk):
+    """Serialises values as JSON text and refuses pickled rows, so a planted row cannot run code.
+
+    diskcache <= 5.6.3 unpickles any row it reads (CVE-2025-69872). Integers stay native so
+    ``Cache.incr`` keeps working; everything else is JSON.
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+        return key, True
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise UnsafeCacheRow("a cache key is pickled")
+        return key
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if read:
+            raise TypeError("file values are not stored in the task cache")
+        if type(value) is int:
+            return super().store(value, False, key=key)
+        return super().store(json.dumps(value, ensure_ascii=False, separators=(",", ":")), False, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_RAW:
+            if type(value) is int:
+                return value
+            if type(value) is str:
+                return json.loads(value)
+        elif mode == diskcache.core.MODE_TEXT:
+            return json.loads(super().fetch(mode, filename, value, False))
+        raise UnsafeCacheRow(f"refusing to load a cache row of mode {mode} (only JSON is accepted)")
+
+
+def open_cache(directory: Path) -> diskcache.Cache:
+    """Open the cache directory (created if missing); CacheCorrupt if its database is unusable.
+
+    The SQLite busy timeout is 0: the store waits for the write lock itself, with a finer back-off.
+    """
+    try:
+        cache = diskcache.Cache(
+            str(directory),
+            timeout=0,
+            disk=JSONOnlyDisk,
+            eviction_policy="none",
+            cull_limit=0,
+            statistics=False,
+            tag_index=False,
+        )
+        cache.get(K_META + "initialized")
+        return cache
+    except (sqlite3.DatabaseError, UnsafeCacheRow, json.JSONDecodeError) as exc:
+        raise CacheCorrupt(f"{directory / CACHE_DB}: {exc}") from exc
+
+
+def key_range(cache: diskcache.Cache, prefix: str, *, before: str | None = None, after: str | None = None,
+              limit: int | None = None, newest_first: bool = False) -> list[tuple[str, Any]]:
+    """(key, value) pairs whose key starts with ``prefix``, in key order.
+
+    diskcache has no public range query; its Cache table keeps (key, raw) uniquely indexed, so
+    this is O(log n + rows). Values are decoded by the cache's own (JSON-only) disk.
+    """
+    low = prefix + (after or "")
+    high = prefix + (before or RANGE_END)
+    order = "DESC" if newest_first else "ASC"
+    rows = cache._sql(
+        "SELECT key, mode, filename, value FROM Cache WHERE key > ? AND key < ? AND raw = 1 "
+        f"ORDER BY key {order} LIMIT ?",
+        (low, high, limit or -1),
+    ).fetchall()
+    disk = cache.disk
+    return [(key, disk.fetch(mode, filename, value, False)) for key, mode, filename, value in rows]
+
+
+def key_count(cache: diskcache.Cache, prefix: str) -> int:
+    (count,) = cache._sql(
+        "SELECT COUNT(*) FROM Cache WHERE key > ? AND key < ? AND raw = 1", (prefix, prefix + RANGE_END)
+    ).fetchone()
+    return count

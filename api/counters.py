@@ -1,0 +1,79 @@
+"""The numbers /stats and /metrics report, kept as one small JSON document in the store.
+
+It is read and written inside the same transaction as the change it counts, so it is exact and
+shared by every worker, and reading it costs the same with 100 tasks stored as with 100,000.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+# Upper bounds (seconds) of the step-duration histogram buckets; the last bucket is +Inf.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+STATUSES = ("queued", "running", "completed", "failed", "stopped")
+
+
+class Counters:
+    """Tasks stored now (by step and status), and running totals since the store was created."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data = data or {"now": {}, "submitted": {}, "ended": {}, "started_by": {}, "durations": {}}
+
+    def moved(self, step: str, old: str | None, new: str | None) -> None:
+        """A task of ``step`` left ``old`` (None: it is new) for ``new`` (None: it was removed)."""
+        now = self.data["now"].setdefault(step, {})
+        if old is not None:
+            now[old] = now.get(old, 0) - 1
+        if new is not None:
+            now[new] = now.get(new, 0) + 1
+
+    def submitted(self, step: str) -> None:
+        self.data["submitted"][step] = self.data["submitted"].get(step, 0) + 1
+
+    def started_by(self, worker: str) -> None:
+        self.data["started_by"][worker] = self.data["started_by"].get(worker, 0) + 1
+
+    def ended(self, step: str, status: str, duration_seconds: float | None) -> None:
+        ended = self.data["ended"].setdefault(step, {})
+        ended[status] = ended.get(status, 0) + 1
+        if status == "completed" and duration_seconds is not None:
+            hist = self.data["durations"].setdefault(
+                step, {"buckets": [0] * (len(DURATION_BUCKETS) + 1), "sum": 0.0, "count": 0})
+            hist["buckets"][bisect.bisect_left(DURATION_BUCKETS, duration_seconds)] += 1
+            hist["sum"] += duration_seconds
+            hist["count"] += 1
+
+    # --- reading -------------------------------------------------------------------------
+
+    def by_status(self) -> dict[str, int]:
+        totals = dict.fromkeys(STATUSES, 0)
+        for states in self.data["now"].values():
+            for status, n in states.items():
+                totals[status] = totals.get(status, 0) + n
+        return totals
+
+    def by_step(self) -> dict[str, dict[str, int]]:
+        return {step: {s: n for s, n in states.items() if n} for step, states in self.data["now"].items()
+                if any(states.values())}
+
+    def success_rate(self) -> float | None:
+        completed = sum(s.get("completed", 0) for s in self.data["ended"].values())
+        failed = sum(s.get("failed", 0) for s in self.data["ended"].values())
+        return round(completed / (completed + failed), 4) if completed + failed else None
+
+    def duration_quantile(self, step: str, q: float) -> float | None:
+        """Estimated from the histogram, interpolating inside the bucket (as Prometheus does)."""
+        hist = self.data["durations"].get(step)
+        if not hist or not hist["count"]:
+            return None
+        rank = q * hist["count"]
+        seen = 0
+        for index, n in enumerate(hist["buckets"]):
+            if seen + n >= rank and n:
+                low = DURATION_BUCKETS[index - 1] if index else 0.0
+                if index == len(DURATION_BUCKETS):
+                    return low
+                return round(low + (DURATION_BUCKETS[index] - low) * (rank - seen) / n, 4)
+            seen += n
+        return None
