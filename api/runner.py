@@ -173,6 +173,7 @@ class Runner:
             task_id=task.task_id,
             input_dir=self.settings.input_dir,
             output_dir=self.settings.output_dir,
+            work_root=self.settings.work_dir,
             work_dir=self.store.paths.work_dir(task.task_id),
             previous_outputs=task.previous_outputs,
             custom_params=task.custom_params,

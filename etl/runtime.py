@@ -49,6 +49,7 @@ class TaskContext:
     task_id: str
     input_dir: Path
     output_dir: Path
+    work_root: Path
     work_dir: Path
     previous_outputs: dict[str, Any] = field(default_factory=dict)
     custom_params: dict[str, Any] = field(default_factory=dict)
@@ -198,6 +199,14 @@ def input_dir() -> Path:
 def output_dir() -> Path:
     context = current()
     path = context.output_dir if context is not None else default_dirs()[1]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def work_root() -> Path:
+    """ETL_WORK_DIR: intermediate data shared by the steps of one run (removed with the TTL)."""
+    context = current()
+    path = context.work_root if context is not None else default_dirs()[2]
     path.mkdir(parents=True, exist_ok=True)
     return path
 

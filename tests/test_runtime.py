@@ -19,7 +19,8 @@ from tests.server import ROOT
 
 def _context(tmp_path, task_id="t1") -> runtime.TaskContext:
     return runtime.TaskContext(task_id=task_id, input_dir=tmp_path, output_dir=tmp_path / "out",
-                               work_dir=tmp_path / "work" / task_id, log_file=tmp_path / f"{task_id}.log")
+                               work_root=tmp_path / "work", work_dir=tmp_path / "work" / "tasks" / task_id,
+                               log_file=tmp_path / f"{task_id}.log")
 
 
 def test_runtime_calls_are_noops_outside_a_task():

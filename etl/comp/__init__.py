@@ -1,0 +1,1 @@
+"""Completeness control: reconcile a source against a target, explain and age the breaks."""

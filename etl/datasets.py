@@ -1,0 +1,190 @@
+"""Reading and writing datasets: CSV (Brazilian defaults), Excel (calamine), Parquet; safe paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from etl import runtime
+from etl.errors import EtlError
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_ROWS = 20
+
+
+class DatasetError(EtlError):
+    """A dataset could not be read or written."""
+
+
+class ReadOptions(BaseModel):
+    """How to read a file. CSV defaults follow Brazilian exports: ';', decimal comma, latin-1."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    separator: str = Field(";", max_length=5)
+    encoding: str = "latin-1"
+    decimal: str = Field(",", max_length=1)
+    sheet: str | int = 0
+    header_row: int | None = Field(0, ge=0, description="0-based row holding the column names; null: no header.")
+    skip_rows: int = Field(0, ge=0)
+
+
+def allowed_roots() -> list[Path]:
+    return [runtime.input_dir(), runtime.output_dir(), runtime.work_root()]
+
+
+def resolve(path: str | Path, base: Path | None = None) -> Path:
+    """An input path made absolute (relative to ``base`` or ETL_INPUT_DIR) and kept inside the data roots."""
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        candidate = (base or runtime.input_dir()) / candidate
+    candidate = candidate.resolve()
+    roots = [root.resolve() for root in allowed_roots()]
+    if not any(candidate == root or root in candidate.parents for root in roots):
+        raise DatasetError(f"{path} is outside the folders steps may use ({', '.join(str(r) for r in roots)})")
+    return candidate
+
+
+def _cell_text(value: Any) -> str | None:
+    """A spreadsheet cell as a Brazilian user would have typed it (numbers with a decimal comma)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = f"{value:.15g}"
+        if "e" in text:
+            text = f"{value:.10f}".rstrip("0").rstrip(".")
+        return text.replace(".", ",")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.strftime("%d/%m/%Y") if value.time() == dt.time() else value.strftime("%d/%m/%Y %H:%M:%S")
+    if isinstance(value, dt.date):
+        return value.strftime("%d/%m/%Y")
+    return str(value).strip() or None
+
+
+def _text_frame(rows: list[list[Any]]) -> pd.DataFrame:
+    width = max((len(r) for r in rows), default=0)
+    data = {f"c{i}": [(_cell_text(r[i]) if i < len(r) else None) for r in rows] for i in range(width)}
+    return pd.DataFrame(data, dtype="string")
+
+
+def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
+    """Every cell as text (columns c0, c1, ...), nothing interpreted: what pre-harmonisation cleans."""
+    try:
+        if fmt == "csv":
+            raw = path.read_bytes()
+            encoding = "utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else options.encoding
+            text = raw.decode(encoding)
+            frame = pd.read_csv(io.StringIO(text), sep=options.separator, header=None, dtype="string",
+                                skiprows=options.skip_rows, keep_default_na=False, na_values=[""],
+                                skip_blank_lines=False)
+            frame.columns = [f"c{i}" for i in range(frame.shape[1])]
+            return frame
+        if fmt == "xlsx":
+            from python_calamine import CalamineWorkbook
+
+            book = CalamineWorkbook.from_path(str(path))
+            sheet = options.sheet if isinstance(options.sheet, str) else book.sheet_names[options.sheet]
+            rows = book.get_sheet_by_name(sheet).to_python(skip_empty_area=False)
+            return _text_frame(rows[options.skip_rows:])
+        if fmt == "parquet":
+            frame = pd.read_parquet(path)
+            header = pd.DataFrame([list(map(str, frame.columns))], columns=frame.columns)
+            frame = pd.concat([header, frame.astype("string")], ignore_index=True)
+            frame.columns = [f"c{i}" for i in range(frame.shape[1])]
+            return frame.astype("string")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path.name} is not {options.encoding} text ({exc.reason} at byte {exc.start}); "
+                           "set read.encoding") from None
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise DatasetError(f"cannot read {path.name} as {fmt}: {exc}") from None
+    raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet)")
+
+
+def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None = None) -> pd.DataFrame:
+    """A file as a table with its header row as column names (values left as text for CSV/Excel)."""
+    options = options or ReadOptions()
+    fmt = fmt or format_of(path)
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"cannot read {path.name} as parquet: {exc}") from None
+    raw = read_raw(path, fmt, options)
+    if options.header_row is None:
+        return raw
+    if options.header_row >= len(raw):
+        raise DatasetError(f"{path.name} has {len(raw)} rows; header_row {options.header_row} is beyond them")
+    header = [str(v) if v is not None and not pd.isna(v) else f"c{i}" for i, v in enumerate(raw.iloc[options.header_row])]
+    frame = raw.iloc[options.header_row + 1:].reset_index(drop=True)
+    frame.columns = unique_names(header)
+    return frame.dropna(how="all").reset_index(drop=True)
+
+
+def unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        name = name.strip() or "column"
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        else:
+            seen[name] = 0
+        out.append(name)
+    return out
+
+
+def format_of(path: Path) -> Literal["csv", "xlsx", "parquet"]:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    if suffix in (".xlsx", ".xlsm", ".xls"):
+        return "xlsx"
+    if suffix == ".parquet":
+        return "parquet"
+    raise DatasetError(f"cannot tell the format of {path.name} (.csv, .xlsx or .parquet)")
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """Write atomically (temp + replace), so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def json_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
+        return value.strftime("%Y-%m-%d") if not isinstance(value, dt.datetime) or value.time() == dt.time() else value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def preview(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> dict[str, Any]:
+    """v1's ``calculation_results``: headers and the first rows, JSON-ready."""
+    head = frame.head(rows)
+    return {
+        "headers": [str(c) for c in head.columns],
+        "table": [[json_value(v) for v in row] for row in head.itertuples(index=False, name=None)],
+    }
+
+
+def dataset_result(frame: pd.DataFrame, path: Path, **extra: Any) -> dict[str, Any]:
+    return {"dataset": str(path), "row_count": int(len(frame)), "columns": [str(c) for c in frame.columns],
+            "calculation_results": preview(frame), **extra}
