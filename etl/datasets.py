@@ -166,6 +166,36 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """A CSV as Brazilian tools expect it: ';', decimal comma, dd/mm/yyyy, UTF-8 with BOM; atomic.
+
+    Written with pyarrow's C++ writer (pandas' to_csv took ~15 s per million rows).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    columns = {}
+    for name in frame.columns:
+        values = frame[name]
+        if pd.api.types.is_float_dtype(values):
+            text = pc.cast(pa.array(values.to_numpy(dtype="float64", na_value=float("nan")), from_pandas=True),
+                           pa.string())
+            columns[str(name)] = pc.replace_substring(text, ".", ",")
+        elif pd.api.types.is_datetime64_any_dtype(values):
+            columns[str(name)] = pc.strftime(pa.array(values, from_pandas=True), format="%d/%m/%Y")
+        else:
+            columns[str(name)] = pa.array(values.astype("string"), from_pandas=True)
+    table = pa.table(columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(b"\xef\xbb\xbf")
+        pacsv.write_csv(table, out, pacsv.WriteOptions(delimiter=";", quoting_style="needed"))
+    tmp.replace(path)
+    return path
+
+
 def json_value(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
         return None

@@ -77,7 +77,15 @@ def find_latest(root: Path, pattern: str, run_date: dt.date, control: str) -> Pa
 
 
 def _first_cell(raw: pd.DataFrame) -> pd.Series:
-    return raw.bfill(axis=1).iloc[:, 0].astype("string").str.strip() if raw.shape[1] else pd.Series(dtype="string")
+    """Each row's first non-empty cell (column by column: bfill(axis=1) is row-wise and very slow)."""
+    if not raw.shape[1]:
+        return pd.Series(dtype="string")
+    first = raw.iloc[:, 0].astype("string")
+    for index in range(1, raw.shape[1]):
+        if not first.isna().any():
+            break
+        first = first.fillna(raw.iloc[:, index].astype("string"))
+    return first.str.strip()
 
 
 def pre_harmonise(raw: pd.DataFrame, rules: PreHarmonisation, header_row: int | None, name: str) -> pd.DataFrame:
@@ -97,7 +105,7 @@ def pre_harmonise(raw: pd.DataFrame, rules: PreHarmonisation, header_row: int | 
     keep = [i for i, h in enumerate(header) if h or table.iloc[:, i].notna().any()]
     table = table.iloc[:, keep]
     table.columns = unique_names([header[i] or f"column_{i}" for i in keep])
-    first = _first_cell(table)
+    first = _first_cell(table) if rules.stop_at_matching or rules.drop_rows_matching else None
     if rules.stop_at_matching:
         stops = first.str.contains(rules.stop_at_matching, regex=True, na=False)
         if stops.any():

@@ -21,7 +21,7 @@ from etl.calendar import previous_business_day
 from etl.comp import rolling, stages
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
 from etl.comp.report import write_report
-from etl.datasets import json_value, preview, resolve, write_parquet
+from etl.datasets import json_value, preview, resolve, write_csv, write_parquet
 from etl.registry import step
 
 logger = logging.getLogger(__name__)
@@ -286,10 +286,7 @@ def output_rules_comp(params: CompParams) -> dict[str, Any]:
                  results[~results["break"]].head(run.config.output.matched_sample_rows))
     stem = f"{run.config.control}_{run.run_date:%Y%m%d}"
     full_parquet = write_parquet(results, out_dir / f"{stem}_results.parquet")
-    full_csv = out_dir / f"{stem}_results.csv"
-    tmp = full_csv.with_name(f".{full_csv.name}.tmp")
-    results.to_csv(tmp, sep=";", decimal=",", index=False, encoding="utf-8-sig", date_format="%d/%m/%Y")
-    tmp.replace(full_csv)
+    full_csv = write_csv(results, out_dir / f"{stem}_results.csv")
     files = [str(report), str(full_parquet), str(full_csv)]
     for path in files:
         runtime.add_artifact(path)

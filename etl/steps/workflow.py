@@ -13,7 +13,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from etl import brazil, runtime
-from etl.datasets import DatasetError, ReadOptions, dataset_result, format_of, read_table, resolve, write_parquet
+from etl.datasets import DatasetError, ReadOptions, dataset_result, format_of, read_table, resolve, write_csv, \
+    write_parquet
 from etl.expr import Expression, mask
 from etl.registry import step
 
@@ -207,7 +208,7 @@ def output(params: OutputParams) -> dict[str, Any]:
             sheet.autofilter(0, 0, max(len(frame), 1), max(len(frame.columns) - 1, 0))
             sheet.set_column(0, max(len(frame.columns) - 1, 0), 18)
     elif params.format == "csv":
-        frame.to_csv(tmp, sep=";", decimal=",", index=False, encoding="utf-8-sig", date_format="%d/%m/%Y")
+        write_csv(frame, tmp)
     else:
         frame.to_parquet(tmp, index=False)
     tmp.replace(target)
