@@ -18,7 +18,7 @@ max_requests = 0
 max_requests_jitter = 0
 keepalive = 5
 accesslog = "-"
-logconfig_dict = logging_config(_settings.log_level)
+logconfig_dict = logging_config(_settings.log_level, _settings.log_format)
 proc_name = "etl-task-api"
 # The control socket is not used, and two servers on one machine would fight over its path.
 control_socket_disable = True

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["prepare", "serve"])
     args = parser.parse_args(argv)
     settings = settings_or_exit()
-    logging.config.dictConfig(logging_config(settings.log_level))
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     try:
         prepare_storage(settings)
     except SettingsError as exc:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            log_config=logging_config(settings.log_level),
+            log_config=logging_config(settings.log_level, settings.log_format),
             timeout_graceful_shutdown=CONNECTION_DRAIN_SECONDS,
         )
     return 0

@@ -16,6 +16,7 @@ K_EXPIRES = "expires:"  # expires:<epoch seconds, 14 digits>:<id> -> ""; what cl
 K_STOP = "stop:"  # stop:<id> -> {"at", "by"}; a pending stop request the owner polls
 K_IDEMPOTENCY = "idem:"  # idem:<key> -> {"task_id", "fingerprint"}
 K_WORKER = "worker:"  # worker:<worker id> -> heartbeat
+K_RATE = "rate:"  # rate:<key name> -> {"tokens", "at"}: the POST /run token bucket of one API key
 K_COUNTERS = "counters"  # the Counters document (api/counters.py)
 K_LEASE = "lease:"  # lease:<name> -> {"owner", "expires"}
 K_CLEANUP = "cleanup:"  # cleanup:schedule, cleanup:last, cleanup:next

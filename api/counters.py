@@ -14,6 +14,16 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 STATUSES = ("queued", "running", "completed", "failed", "stopped")
 
 
+def _histogram() -> dict[str, Any]:
+    return {"buckets": [0] * (len(DURATION_BUCKETS) + 1), "sum": 0.0, "count": 0}
+
+
+def _observe(hist: dict[str, Any], seconds: float) -> None:
+    hist["buckets"][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+    hist["sum"] += seconds
+    hist["count"] += 1
+
+
 class Counters:
     """Tasks stored now (by step and status), and running totals since the store was created."""
 
@@ -31,18 +41,16 @@ class Counters:
     def submitted(self, step: str) -> None:
         self.data["submitted"][step] = self.data["submitted"].get(step, 0) + 1
 
-    def started_by(self, worker: str) -> None:
+    def started(self, worker: str, waited_seconds: float) -> None:
+        """A task started on ``worker`` after waiting ``waited_seconds`` since it was accepted."""
         self.data["started_by"][worker] = self.data["started_by"].get(worker, 0) + 1
+        _observe(self.data.setdefault("queue_wait", _histogram()), waited_seconds)
 
     def ended(self, step: str, status: str, duration_seconds: float | None) -> None:
         ended = self.data["ended"].setdefault(step, {})
         ended[status] = ended.get(status, 0) + 1
         if status == "completed" and duration_seconds is not None:
-            hist = self.data["durations"].setdefault(
-                step, {"buckets": [0] * (len(DURATION_BUCKETS) + 1), "sum": 0.0, "count": 0})
-            hist["buckets"][bisect.bisect_left(DURATION_BUCKETS, duration_seconds)] += 1
-            hist["sum"] += duration_seconds
-            hist["count"] += 1
+            _observe(self.data["durations"].setdefault(step, _histogram()), duration_seconds)
 
     # --- reading -------------------------------------------------------------------------
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
+from api.audit import AuditLog
 from api.auth import Identity, KeyRing, require
+from api.errors import ApiError
 from api.runner import Runner
 from api.scheduler import CleanupScheduler
 from api.settings import Settings
@@ -23,6 +26,7 @@ class Services:
     runner: Runner
     scheduler: CleanupScheduler
     keys: KeyRing
+    audit: AuditLog
 
 
 # Dependencies are async on purpose: a sync dependency is run in the thread pool, which costs
@@ -43,10 +47,22 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+# Declared so the OpenAPI document shows both ways to send a key; the check reads the headers itself.
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
+
+
 def _role(role: str):
-    async def check(request: Request) -> Identity:
-        identity = request.app.state.services.keys.identify(_presented_key(request))
-        require(identity, role)
+    async def check(request: Request, _b: Annotated[object, Security(_bearer)] = None,
+                    _k: Annotated[object, Security(_api_key)] = None) -> Identity:
+        services: Services = request.app.state.services
+        try:
+            identity = services.keys.identify(_presented_key(request))
+            require(identity, role)
+        except ApiError as exc:
+            services.audit.record("denied", None, client_of(request), method=request.method,
+                                  path=request.url.path, status=exc.status_code, reason=exc.detail)
+            raise
         request.state.identity = identity
         return identity
 

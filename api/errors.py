@@ -84,6 +84,12 @@ class QueueFull(ApiError):
     status_code = 429
 
 
+class RateLimited(ApiError):
+    """Too many requests with this API key; retry later."""
+
+    status_code = 429
+
+
 class StorageUnavailable(ApiError):
     """The task store is unavailable; retry later."""
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from etl import runtime
+import json
+
+from etl import runtime, secrets
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s [%(task_id)s] %(message)s"
 
@@ -19,13 +21,37 @@ class TaskIdFilter(logging.Filter):
         return True
 
 
-def logging_config(level: str) -> dict[str, Any]:
+class MaskingFormatter(logging.Formatter):
+    """Text lines with every resolved secret value replaced by ***."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return secrets.mask_text(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (ETL_LOG_FORMAT=json), secrets masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "task_id": getattr(record, "task_id", None),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return secrets.mask_text(json.dumps(entry, ensure_ascii=False))
+
+
+def logging_config(level: str, fmt: str = "text") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"task_id": {"()": TaskIdFilter}},
         "formatters": {
-            "default": {"format": FORMAT},
+            "default": {"()": JsonFormatter} if fmt == "json" else {"()": MaskingFormatter, "format": FORMAT},
             "access": {"format": "%(asctime)s ACCESS [%(process)d] %(message)s"},
         },
         "handlers": {

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 import anyio
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from api.audit import AuditLog
 from api.auth import KeyRing
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -16,7 +18,7 @@ from api.middleware import BodyLimitAndHeaders
 from api.routes import ops, tasks
 from api.runner import Runner
 from api.scheduler import CleanupScheduler
-from api.settings import Settings, settings_or_exit
+from api.settings import Settings, SettingsError, get_settings, settings_or_exit
 from api.startup import make_store
 from etl import registry
 
@@ -34,9 +36,11 @@ def build_services(settings: Settings) -> Services:
     runner = Runner(store, settings)
     store.ensure_index(runner.worker.id)
     runner.start()
-    scheduler = CleanupScheduler(store, runner.worker.id, settings.cleanup_interval_seconds)
+    scheduler = CleanupScheduler(store, runner.worker.id, settings.cleanup_interval_seconds,
+                                 int(settings.task_logs_max_mb * 1024 * 1024))
     scheduler.start()
-    return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings))
+    audit = AuditLog(settings.storage_dir / "audit.log")
+    return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings), audit)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,7 +72,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimitAndHeaders, max_bytes=lambda: active_settings().max_body_bytes)
+    origins = (settings or _environment_settings()).cors_origin_list
+    if origins:
+        # Closed unless ETL_CORS_ORIGINS lists the browser origins allowed to call the API.
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"])
     return app
+
+
+def _environment_settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError:
+        # Reported properly (one line, exit 2) when a worker starts; the app object still imports.
+        return Settings.model_construct(cors_origins="")
 
 
 app = create_app()

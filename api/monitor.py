@@ -80,7 +80,8 @@ def _capacity(services: Services) -> dict[str, Any]:
 
 def _stuck(services: Services) -> dict[str, Any]:
     settings = services.settings
-    limit = settings.task_timeout_seconds + settings.stop_grace_seconds + 30
+    # The runner ends a task by timeout + grace; past that (and a few heartbeats) its worker is hung.
+    limit = settings.task_timeout_seconds + settings.stop_grace_seconds + 5 * settings.heartbeat_interval_seconds
     tasks, _ = services.store.list_tasks(status=TaskStatus.RUNNING, step=None, limit=500, cursor=None)
     stuck = [t.task_id for t in tasks if t.started_at and time.time() - parse_iso(t.started_at) > limit]
     if stuck:
@@ -150,6 +151,18 @@ def _labels(**labels: str) -> str:
     return "{" + inner + "}" if inner else ""
 
 
+def _histogram(lines: list[str], name: str, help_text: str, series: dict[tuple, dict[str, Any]]) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} histogram")
+    for labels, hist in series.items():
+        cumulative = 0
+        for bound, n in zip([*DURATION_BUCKETS, "+Inf"], hist["buckets"]):
+            cumulative += n
+            lines.append(f"{name}_bucket{_labels(**dict(labels), le=str(bound))} {cumulative}")
+        lines.append(f"{name}_sum{_labels(**dict(labels))} {hist['sum']}")
+        lines.append(f"{name}_count{_labels(**dict(labels))} {hist['count']}")
+
+
 def metrics(services: Services) -> str:
     """Prometheus text format, computed from the shared store so every worker reports the same."""
     store = services.store
@@ -170,19 +183,13 @@ def metrics(services: Services) -> str:
             for status, n in sorted(states.items())])
     family("etl_tasks", "gauge", "Tasks now stored, by status.",
            [({"status": status}, n) for status, n in counters.by_status().items()])
-    histogram: list[tuple[dict[str, str], float]] = []
-    for step, hist in sorted(data["durations"].items()):
-        cumulative = 0
-        for bound, n in zip([*DURATION_BUCKETS, "+Inf"], hist["buckets"]):
-            cumulative += n
-            histogram.append(({"step": step, "le": str(bound)}, cumulative))
-    lines.append("# HELP etl_step_duration_seconds Run time of completed steps.")
-    lines.append("# TYPE etl_step_duration_seconds histogram")
-    for labels, value in histogram:
-        lines.append(f"etl_step_duration_seconds_bucket{_labels(**labels)} {value}")
-    for step, hist in sorted(data["durations"].items()):
-        lines.append(f"etl_step_duration_seconds_sum{_labels(step=step)} {hist['sum']}")
-        lines.append(f"etl_step_duration_seconds_count{_labels(step=step)} {hist['count']}")
+    _histogram(lines, "etl_step_duration_seconds", "Run time of completed steps.",
+               {(("step", step),): hist for step, hist in sorted(data["durations"].items())})
+    if data.get("queue_wait"):
+        _histogram(lines, "etl_queue_wait_seconds", "Time from acceptance to start.", {(): data["queue_wait"]})
+    totals = store.get_value(K_CLEANUP + "totals", {"runs": 0, "removed": 0})
+    family("etl_cleanup_runs_total", "counter", "Cleanup runs.", [({}, totals["runs"])])
+    family("etl_cleanup_removed_total", "counter", "Tasks removed by cleanup.", [({}, totals["removed"])])
     family("etl_tasks_running", "gauge", "Tasks running on live workers.", [({}, store.live_running())])
     family("etl_tasks_queued", "gauge", "Tasks waiting for a slot.", [({}, store.queued_count())])
     family("etl_max_concurrent_tasks", "gauge", "The global running cap.", [({}, store.max_running)])

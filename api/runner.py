@@ -24,7 +24,7 @@ from api.settings import Settings
 from api.store import TaskStore
 from api.workers import WorkerInfo
 from api.task import Task, TaskStatus, mask_secrets, new_task_id, now_iso
-from etl import registry, runtime
+from etl import registry, runtime, secrets
 from etl.errors import StepStopped
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class Runner:
     # --- submitting ----------------------------------------------------------------------
 
     def submit(self, step_name: str, params: BaseModel, body: dict[str, Any],
-               requested_by: dict[str, Any] | None, idempotency: tuple[str, str] | None) -> tuple[Task, bool]:
+               requested_by: dict[str, Any] | None, idempotency: tuple[str, str] | None,
+               rate: tuple[str, float] | None = None) -> tuple[Task, bool]:
         """Admit a task for ``step_name`` (already validated); returns (task, replayed)."""
         if self._closing.is_set():
             raise ShuttingDown()
@@ -160,7 +161,7 @@ class Runner:
             log_file=str(self.store.paths.log_file(task_id)),
             requested_by=requested_by,
         )
-        task, replayed = self.store.submit(task, self.worker, idempotency)
+        task, replayed = self.store.submit(task, self.worker, idempotency, rate)
         if not replayed:
             if task.status is TaskStatus.RUNNING:
                 self._launch(task)
@@ -191,7 +192,8 @@ class Runner:
             logger.info("task %s: step %s started on worker %s", task.task_id, task.step_name, self.worker.id)
             try:
                 step = registry.get_step(task.step_name, include_diagnostic=True)
-                params = step.params_model.model_validate(task.params)
+                # ${secret:name} references are resolved here, in the task's thread, never stored.
+                params = step.params_model.model_validate(secrets.resolve(task.params))
                 result = step.run(params)
                 status, reason = TaskStatus.COMPLETED, "the step finished"
             except StepStopped as exc:
@@ -204,8 +206,9 @@ class Runner:
                     status, reason = TaskStatus.STOPPED, f"stopped on request ({exc})"
             except Exception as exc:
                 reason = f"the step raised {type(exc).__name__}"
-                error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
-                logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, exc)
+                error = {"type": type(exc).__name__, "message": secrets.mask_text(str(exc)),
+                         "traceback": secrets.mask_text(traceback.format_exc())}
+                logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, error["message"])
             logger.info("task %s: %s", task.task_id, status.value)
         context.close_log()
         try:
@@ -227,8 +230,9 @@ class Runner:
             if status is not TaskStatus.COMPLETED:
                 task.progress = context.progress
 
-        self.store.finish(context.task_id, status, reason, result=mask_secrets(result) if result is not None else None,
-                          error=error, extra=extra)
+        if result is not None:
+            result = secrets.mask_values(mask_secrets(result))
+        self.store.finish(context.task_id, status, reason, result=result, error=error, extra=extra)
 
     # --- the control loop ----------------------------------------------------------------
 

@@ -70,8 +70,10 @@ class Schedule(BaseModel):
 class CleanupScheduler:
     """Runs the store's expiry on schedule; at most one worker at a time holds the lease."""
 
-    def __init__(self, store: TaskStore, owner: str, default_interval_seconds: float) -> None:
+    def __init__(self, store: TaskStore, owner: str, default_interval_seconds: float,
+                 logs_max_bytes: int = 1 << 30) -> None:
         self.store = store
+        self.logs_max_bytes = logs_max_bytes
         self.owner = owner
         self.default = Schedule(interval_seconds=default_interval_seconds)
         self._stop = threading.Event()
@@ -128,6 +130,7 @@ class CleanupScheduler:
     def _clean(self) -> dict[str, Any]:
         started = time.time()
         outcome = self.store.expire()
+        outcome["logs_trimmed"] = self.store.trim_logs(self.logs_max_bytes)
         self.store.forget_dead_workers()
         outcome["duration_seconds"] = round(time.time() - started, 3)
         run = {"at": now_iso(started), "ended_at": now_iso(), "removed": outcome["removed"],
@@ -136,6 +139,9 @@ class CleanupScheduler:
         self.store.set_value(K_CLEANUP + "last", run)
         history = self.store.get_value(K_CLEANUP + "history", [])
         self.store.set_value(K_CLEANUP + "history", (history + [run])[-HISTORY_RUNS:])
+        totals = self.store.get_value(K_CLEANUP + "totals", {"runs": 0, "removed": 0})
+        self.store.set_value(K_CLEANUP + "totals", {"runs": totals["runs"] + 1,
+                                                    "removed": totals["removed"] + outcome["removed"]})
         self.store.set_value(K_CLEANUP + "next", self.schedule().next_after(started))
         if outcome["removed"]:
             logger.info("cleanup removed %d expired task(s) in %.2f s", outcome["removed"], outcome["duration_seconds"])

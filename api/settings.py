@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     diagnostic_steps: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    task_logs_max_mb: float = Field(1024.0, gt=0)
+    cors_origins: str = ""
+    rate_limit_per_minute: float = Field(0.0, ge=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -85,6 +89,10 @@ class Settings(BaseSettings):
     @property
     def api_keys_configured(self) -> bool:
         return bool(self.api_keys.strip()) or self.api_keys_file is not None
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def task_ttl_seconds(self) -> float:

@@ -23,10 +23,10 @@ from typing import Any
 import diskcache
 
 from api.cache import (
-    K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_LEASE, K_META, K_STATUS, K_STOP, K_TASK, K_WORKER, QUEUE_PREFIX, RANGE_END, key_count, key_range, open_cache,
+    K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_LEASE, K_META, K_RATE, K_STATUS, K_STOP, K_TASK, K_WORKER, QUEUE_PREFIX, RANGE_END, key_count, key_range, open_cache,
 )
 from api.counters import Counters
-from api.errors import Conflict, QueueFull, StorageUnavailable, TaskNotFound
+from api.errors import Conflict, QueueFull, RateLimited, StorageUnavailable, TaskNotFound
 from api.files import FileWriter, StoragePaths, write_json_atomic
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import HOSTNAME, HUNG_AFTER_FACTOR, WorkerInfo, process_alive, process_created
@@ -185,8 +185,9 @@ class TaskStore:
         counters.moved(task.step_name, previous.value if previous else None, task.status.value)
         if previous is None:
             counters.submitted(task.step_name)
-        if task.status is TaskStatus.RUNNING and task.worker:
-            counters.started_by(f"{task.worker['host']}:{task.worker['pid']}")
+        if task.status is TaskStatus.RUNNING and task.worker and task.started_at:
+            waited = max(0.0, parse_iso(task.started_at) - parse_iso(task.created_at))
+            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited)
         if task.status.terminal:
             cache.set(self._expiry_key(task), "")
             counters.ended(task.step_name, task.status.value, task.duration_seconds)
@@ -286,7 +287,8 @@ class TaskStore:
     def queued_count(self) -> int:
         return self._count(QUEUE_PREFIX + "-")
 
-    def submit(self, task: Task, worker: WorkerInfo, idempotency: tuple[str, str] | None) -> tuple[Task, bool]:
+    def submit(self, task: Task, worker: WorkerInfo, idempotency: tuple[str, str] | None,
+               rate: tuple[str, float] | None = None) -> tuple[Task, bool]:
         """Admit ``task``: running if a slot is free, queued if not, QueueFull beyond the queue limit.
 
         Returns (task, replayed): with an idempotency (key, request fingerprint) seen before, the
@@ -302,6 +304,8 @@ class TaskStore:
                         raise Conflict("This Idempotency-Key was already used with a different request "
                                        f"(task {earlier.task_id}); use a new key.", task_id=earlier.task_id)
                     return earlier, True
+            if rate is not None:
+                self._take_token(*rate)
             queued = self.queued_count()
             accepted = time.time()
             task.history.append({"status": TaskStatus.QUEUED.value, "at": now_iso(accepted), "reason": "accepted"})
@@ -321,6 +325,18 @@ class TaskStore:
             self._write(task, None)
         self._sync_file(task.task_id)
         return task, False
+
+    def _take_token(self, bucket: str, per_minute: float) -> None:
+        """Token bucket per API key, in the shared store (inside the admission transaction)."""
+        key = K_RATE + bucket
+        now = time.time()
+        state = self.cache.get(key) or {"tokens": per_minute, "at": now}
+        tokens = min(per_minute, state["tokens"] + (now - state["at"]) * per_minute / 60.0)
+        if tokens < 1.0:
+            wait = math.ceil((1.0 - tokens) * 60.0 / per_minute)
+            raise RateLimited(f"Too many tasks started with this key (limit {per_minute:g} per minute); "
+                              f"retry in {wait} s.", headers={"Retry-After": str(wait)})
+        self.cache.set(key, {"tokens": tokens - 1.0, "at": now})
 
     def _start(self, task: Task, worker: WorkerInfo, reason: str) -> None:
         task.worker = worker.as_dict()
@@ -579,6 +595,28 @@ class TaskStore:
             freed += sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
             shutil.rmtree(work, ignore_errors=True)
         return freed
+
+    def trim_logs(self, max_bytes: int) -> int:
+        """Delete the oldest logs of ended tasks until the log folder holds at most ``max_bytes``."""
+        logs = []
+        total = 0
+        for entry in os.scandir(self.paths.logs_dir):
+            if entry.is_file() and entry.name.endswith(".log"):
+                stat = entry.stat()
+                logs.append((stat.st_mtime, stat.st_size, entry.name[:-4]))
+                total += stat.st_size
+        removed = 0
+        for _, size, task_id in sorted(logs):
+            if total <= max_bytes:
+                break
+            record = self._get(K_TASK + task_id) if is_task_id(task_id) else None
+            if record is not None and not TaskStatus(record["status"]).terminal:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.paths.logs_dir / f"{task_id}.log").unlink()
+                total -= size
+                removed += 1
+        return removed
 
     def forget_dead_workers(self, older_than_seconds: float = 3600.0) -> None:
         limit = time.time() - older_than_seconds

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etl import secrets
 from etl.errors import StepStopped
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +230,6 @@ class TaskLogHandler(logging.Handler):
         if context is None or context.log_file is None:
             return
         try:
-            context.write_log(self.format(record))
+            context.write_log(secrets.mask_text(self.format(record)))
         except Exception:
             self.handleError(record)

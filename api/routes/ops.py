@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api import monitor
-from api.deps import Admin, ServicesDep, Viewer
+from api.deps import Admin, ServicesDep, Viewer, client_of
 from api.scheduler import Schedule
 
 router = APIRouter()
@@ -40,9 +40,11 @@ def metrics(services: ServicesDep, _: Viewer) -> PlainTextResponse:
 
 
 @router.post("/cleanup/now", summary="Run cleanup now")
-def cleanup_now(services: ServicesDep, _: Admin) -> dict[str, Any]:
+def cleanup_now(request: Request, services: ServicesDep, identity: Admin) -> dict[str, Any]:
     """Remove every ended task past its expiry now; returns what was removed."""
-    return services.scheduler.run_now()
+    outcome = services.scheduler.run_now()
+    services.audit.record("cleanup", identity, client_of(request), removed=outcome["removed"])
+    return outcome
 
 
 @router.get("/cleanup/schedule", summary="The cleanup schedule")
@@ -52,6 +54,7 @@ def get_schedule(services: ServicesDep, _: Viewer) -> dict[str, Any]:
 
 
 @router.post("/cleanup/schedule", summary="Change the cleanup schedule")
-def set_schedule(schedule: Schedule, services: ServicesDep, _: Admin) -> dict[str, Any]:
+def set_schedule(schedule: Schedule, request: Request, services: ServicesDep, identity: Admin) -> dict[str, Any]:
     """Either {"interval_seconds": N} or the v1 daily form {"hour", "minute", "timezone"}."""
+    services.audit.record("schedule", identity, client_of(request), schedule=schedule.model_dump(exclude_none=True))
     return services.scheduler.set_schedule(schedule)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import Operator, ServicesDep, Viewer, client_of
 from api.errors import BadRequest, InvalidParameters, NotFound, WrongState, describe_field_errors, field_errors
-from api.task import TaskStatus, is_task_id
+from api.task import TaskStatus, is_task_id, mask_secrets
 from etl import registry
 from etl.errors import UnknownStep
 
@@ -74,9 +74,13 @@ async def run_step(
         request_json = json.dumps([step_name, body.model_dump()], sort_keys=True, default=str)
         scope = f"{identity.name}\n{idempotency_key}"
         idempotency = (hashlib.sha256(scope.encode()).hexdigest(), hashlib.sha256(request_json.encode()).hexdigest())
+    client = client_of(request)
+    rate = (identity.name, services.settings.rate_limit_per_minute) if services.settings.rate_limit_per_minute else None
     task, replayed = services.runner.submit(
-        step_name, params, body.model_dump(), identity.as_dict(client_of(request)), idempotency
+        step_name, params, body.model_dump(), identity.as_dict(client), idempotency, rate
     )
+    services.audit.record("run", identity, client, task_id=task.task_id, step=step_name, replayed=replayed,
+                          params=mask_secrets(task.params))
     links = _task_links(request, task.task_id)
     content = {"task_id": task.task_id, "status": task.status.value, "step_name": task.step_name,
                "created_at": task.created_at, **links}
@@ -160,6 +164,7 @@ def task_logs(
 def stop_task(task_id: str, request: Request, services: ServicesDep, identity: Operator) -> JSONResponse:
     """Ask a task to stop: 202 while it takes effect, 200 once stopped, 409 if it already ended otherwise."""
     task = services.store.request_stop(task_id, identity.as_dict(client_of(request)))
+    services.audit.record("stop", identity, client_of(request), task_id=task_id, status=task.status.value)
     if task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
         raise WrongState(f"Task {task_id} already {task.status.value}; there is nothing to stop.",
                          status=task.status.value)

@@ -74,5 +74,5 @@ def diag_sleep(params: SleepParams) -> dict[str, Any]:
 @step("diag_fail", FailParams, "Fail", diagnostic=True)
 def diag_fail(params: FailParams) -> None:
     """Raise an error with `message`."""
-    logger.info("failing on purpose")
+    logger.info("failing on purpose: %s", params.message)
     raise DiagnosticFailure(params.message)
