@@ -111,6 +111,35 @@ def key_range(cache: diskcache.Cache, prefix: str, *, before: str | None = None,
     return [(key, disk.fetch(mode, filename, value, False)) for key, mode, filename, value in rows]
 
 
+def get_many(cache: diskcache.Cache, keys: list[str]) -> dict[str, Any]:
+    """The values of ``keys`` that exist, in one query per 500 keys."""
+    found: dict[str, Any] = {}
+    disk = cache.disk
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = cache._sql(f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})",
+                          chunk).fetchall()
+        found.update((key, disk.fetch(mode, filename, value, False)) for key, mode, filename, value in rows)
+    return found
+
+
+def delete_many(cache: diskcache.Cache, keys: list[str]) -> list[str]:
+    """Delete ``keys`` (inside a transaction); returns the value files to remove after commit.
+
+    One DELETE per 500 keys instead of diskcache's select-then-delete per key: cleanup of 100k
+    tasks removes half a million keys.
+    """
+    files: list[str] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        files += [name for (name,) in cache._sql(
+            f"SELECT filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL AND key IN ({marks})", chunk)]
+        cache._sql(f"DELETE FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
+    return files
+
+
 def key_count(cache: diskcache.Cache, prefix: str) -> int:
     (count,) = cache._sql(
         "SELECT COUNT(*) FROM Cache WHERE key > ? AND key < ? AND raw = 1", (prefix, prefix + RANGE_END)

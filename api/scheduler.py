@@ -129,7 +129,8 @@ class CleanupScheduler:
 
     def _clean(self) -> dict[str, Any]:
         started = time.time()
-        outcome = self.store.expire()
+        outcome = self.store.expire(
+            between_batches=lambda: self.store.acquire_lease(LEASE, self.owner, LEASE_SECONDS))
         outcome["logs_trimmed"] = self.store.trim_logs(self.logs_max_bytes)
         self.store.forget_dead_workers()
         outcome["duration_seconds"] = round(time.time() - started, 3)

@@ -23,7 +23,8 @@ from typing import Any
 import diskcache
 
 from api.cache import (
-    K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_LEASE, K_META, K_RATE, K_STATUS, K_STOP, K_TASK, K_WORKER, QUEUE_PREFIX, RANGE_END, key_count, key_range, open_cache,
+    K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_LEASE, K_META, K_RATE, K_STATUS, K_STOP, K_TASK, K_WORKER,
+    QUEUE_PREFIX, RANGE_END, delete_many, get_many, key_count, key_range, open_cache,
 )
 from api.counters import Counters
 from api.errors import Conflict, QueueFull, RateLimited, StorageUnavailable, TaskNotFound
@@ -543,10 +544,12 @@ class TaskStore:
 
     # --- cleanup -------------------------------------------------------------------------
 
-    def expire(self, now: float | None = None, batch: int = 500) -> dict[str, Any]:
+    def expire(self, now: float | None = None, batch: int = 1000,
+               between_batches: Callable[[], None] | None = None) -> dict[str, Any]:
         """Remove every ended task whose expiry has passed: cache entries, JSON, log, work files.
 
-        Queued and running tasks have no expiry key, so they can never be touched.
+        Queued and running tasks have no expiry key, so they can never be touched. Each batch is
+        one short transaction; ``between_batches`` runs after each (the scheduler renews its lease).
         """
         cutoff = time.time() if now is None else now
         removed: list[str] = []
@@ -558,29 +561,35 @@ class TaskStore:
             doomed: list[Task] = []
             with self._transaction():
                 counters = self._counters()
-                for key, _ in rows:
-                    task_id = key.rsplit(":", 1)[1]
-                    self.cache.delete(key)
-                    task = self._load(task_id)
-                    if task is None or not task.status.terminal:
+                ids = [key.rsplit(":", 1)[1] for key, _ in rows]
+                records = get_many(self.cache, [K_TASK + task_id for task_id in ids])
+                keys = [key for key, _ in rows]
+                for task_id in ids:
+                    data = records.get(K_TASK + task_id)
+                    if data is None or not TaskStatus(data["status"]).terminal:
                         continue
-                    self._drop(task, counters)
+                    task = Task.from_dict(data)
+                    keys += self._task_keys(task)
+                    counters.moved(task.step_name, task.status.value, None)
                     doomed.append(task)
+                value_files = delete_many(self.cache, keys)
                 self.cache.set(K_COUNTERS, counters.data)
+            for name in value_files:
+                self.cache.disk.remove(name)
             for task in doomed:
                 freed += self._remove_files(task)
                 removed.append(task.task_id)
+            if between_batches is not None:
+                between_batches()
         return {"removed": len(removed), "task_ids": removed[:100], "freed_bytes": freed}
 
-    def _drop(self, task: Task, counters: Counters) -> None:
-        cache = self.cache
-        cache.delete(K_TASK + task.task_id)
-        cache.delete(f"{K_STATUS}{task.status.value}:{task.task_id}")
-        cache.delete(K_STOP + task.task_id)
-        cache.delete(K_DIRTY + task.task_id)
-        counters.moved(task.step_name, task.status.value, None)
+    @staticmethod
+    def _task_keys(task: Task) -> list[str]:
+        keys = [K_TASK + task.task_id, f"{K_STATUS}{task.status.value}:{task.task_id}", K_STOP + task.task_id,
+                K_DIRTY + task.task_id]
         if task.idempotency_key:
-            cache.delete(K_IDEMPOTENCY + task.idempotency_key)
+            keys.append(K_IDEMPOTENCY + task.idempotency_key)
+        return keys
 
     def _remove_files(self, task: Task) -> int:
         freed = 0

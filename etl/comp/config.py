@@ -22,6 +22,15 @@ class ConfigError(EtlError):
     """The control config is not valid."""
 
 
+def _parses(text: str) -> str:
+    """The expression, if it parses (so a bad one fails the config check with its field path)."""
+    try:
+        Expression(text)
+    except ExpressionError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,10 +75,7 @@ class Transform(_Strict):
             raise ValueError("a transform needs either 'filter' or both 'column' and 'expr'")
         for text in (self.expr, self.filter):
             if text is not None:
-                try:
-                    Expression(text)
-                except ExpressionError as exc:
-                    raise ValueError(str(exc)) from None
+                _parses(text)
         return self
 
 
@@ -100,11 +106,7 @@ class Rule(_Strict):
     @field_validator("when")
     @classmethod
     def _parses(cls, value: str) -> str:
-        try:
-            Expression(value)
-        except ExpressionError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return _parses(value)
 
 
 class Output(_Strict):

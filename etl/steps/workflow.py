@@ -78,28 +78,27 @@ class ReadCsvParams(_Params):
     typed: bool = Field(True, description="Turn columns of Brazilian numbers/dates into numbers/dates.")
 
 
+class ReadExcelParams(ReadCsvParams):
+    path: str = Field(SAMPLE_XLSX, description="Workbook under ETL_INPUT_DIR.")
+
+
+def _read_file(params: ReadCsvParams, fmt: str, name: str) -> dict[str, Any]:
+    path = resolve(params.path)
+    frame = read_table(path, fmt, params.read)
+    frame = _typed(frame) if params.typed else frame
+    return dataset_result(frame, _save(frame, name), source=str(path))
+
+
 @step("read_csv", ReadCsvParams, "Read a CSV file")
 def read_csv(params: ReadCsvParams) -> dict[str, Any]:
     """Read a CSV (defaults: ';', decimal comma, latin-1; a UTF-8 BOM is detected)."""
-    path = resolve(params.path)
-    frame = read_table(path, "csv", params.read)
-    frame = _typed(frame) if params.typed else frame
-    return dataset_result(frame, _save(frame, "read_csv"), source=str(path))
-
-
-class ReadExcelParams(_Params):
-    path: str = Field(SAMPLE_XLSX, description="Workbook under ETL_INPUT_DIR.")
-    read: ReadOptions = Field(default_factory=ReadOptions)
-    typed: bool = True
+    return _read_file(params, "csv", "read_csv")
 
 
 @step("read_excel", ReadExcelParams, "Read an Excel sheet")
 def read_excel(params: ReadExcelParams) -> dict[str, Any]:
     """Read one sheet of a workbook (calamine): sheet, header_row and skip_rows in `read`."""
-    path = resolve(params.path)
-    frame = read_table(path, "xlsx", params.read)
-    frame = _typed(frame) if params.typed else frame
-    return dataset_result(frame, _save(frame, "read_excel"), source=str(path))
+    return _read_file(params, "xlsx", "read_excel")
 
 
 class ReadParquetParams(_Params):
