@@ -1,0 +1,100 @@
+"""Back-office utility steps: the ANBIMA business-day calendar and the allow-listed Trustee run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from etl import calendar, runtime
+from etl.errors import EtlError
+from etl.process import run_command
+from etl.registry import step
+
+SAMPLE_TRUSTEE = {"sample": [sys.executable, str(Path(__file__).resolve().parents[1] / "samples" / "trustee" /
+                                                  "trustee_sample.py")]}
+
+
+class BusinessDaysParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    date: dt.date | None = Field(None, description="The day to start from (default: today).")
+    end: dt.date | None = Field(None, description="List the business days from `date` to `end` (inclusive).")
+    offset: int | None = Field(None, ge=-5000, le=5000, description="Step this many business days from `date`.")
+
+    @model_validator(mode="after")
+    def _one_question(self) -> BusinessDaysParams:
+        if self.end is not None and self.offset is not None:
+            raise ValueError("give either end or offset, not both")
+        if self.end is not None and self.date is not None and self.end < self.date:
+            raise ValueError("end is before date")
+        return self
+
+
+@step("business_days", BusinessDaysParams, "ANBIMA business days")
+def business_days(params: BusinessDaysParams) -> dict[str, Any]:
+    """Whether a day is a business day on the ANBIMA calendar, its neighbours, a list or an offset."""
+    day = params.date or dt.date.today()
+    try:
+        result: dict[str, Any] = {
+            "date": day.isoformat(),
+            "is_business_day": calendar.is_business_day(day),
+            "previous_business_day": calendar.previous_business_day(day).isoformat(),
+            "next_business_day": calendar.add_business_days(day, 1).isoformat(),
+        }
+        if params.offset is not None:
+            result["offset"] = params.offset
+            result["result"] = calendar.add_business_days(day, params.offset).isoformat()
+        if params.end is not None:
+            days = [day + dt.timedelta(days=n) for n in range((params.end - day).days + 1)]
+            listed = [d.isoformat() for d in days if calendar.is_business_day(d)]
+            result["business_days"] = listed
+            result["count"] = len(listed)
+    except ValueError as exc:
+        raise EtlError(str(exc)) from None
+    return result
+
+
+def allowed_commands() -> dict[str, list[str]]:
+    """ETL_TRUSTEE_COMMANDS: a JSON object of name -> command line (a list); the sample by default."""
+    text = os.environ.get("ETL_TRUSTEE_COMMANDS")
+    if not text:
+        return SAMPLE_TRUSTEE
+    try:
+        commands = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EtlError(f"ETL_TRUSTEE_COMMANDS is not JSON: {exc.msg}") from None
+    if not isinstance(commands, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(a, str) for a in v) for v in commands.values()):
+        raise EtlError('ETL_TRUSTEE_COMMANDS must map names to command lines, e.g. {"trustee": ["python", "t.py"]}')
+    return commands
+
+
+class TrusteeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field("sample", pattern=r"^[A-Za-z0-9_.-]+$",
+                         description="Name of an allow-listed command (ETL_TRUSTEE_COMMANDS); never a command line.")
+    run_date: dt.date | None = Field(None, description="Passed to the command as --date dd/mm/yyyy.")
+    timeout_seconds: float | None = Field(None, gt=0, le=86400)
+
+
+@step("trustee_run", TrusteeParams, "Run the Trustee script")
+def trustee_run(params: TrusteeParams) -> dict[str, Any]:
+    """Run an allow-listed external command; its output goes to the task log; a non-zero exit fails."""
+    commands = allowed_commands()
+    if params.command not in commands:
+        raise EtlError(f"{params.command!r} is not an allowed command (allowed: {', '.join(sorted(commands))})")
+    args = list(commands[params.command])
+    if params.run_date:
+        args += ["--date", f"{params.run_date:%d/%m/%Y}"]
+    started = dt.datetime.now()
+    runtime.progress(5, f"running {params.command}")
+    run_command(args, cwd=os.environ.get("ETL_TRUSTEE_CWD") or None, timeout_seconds=params.timeout_seconds)
+    return {"command": params.command, "exit_code": 0,
+            "duration_seconds": round((dt.datetime.now() - started).total_seconds(), 3)}
