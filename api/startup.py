@@ -29,6 +29,9 @@ def make_store(settings: Settings) -> TaskStore:
     )
 
 
+DIRTY_BATCH = 500
+
+
 def prepare_storage(settings: Settings) -> None:
     """Check the keys, create the folders, set aside a corrupt cache, rebuild the index from JSON."""
     KeyRing.from_settings(settings)
@@ -46,7 +49,9 @@ def prepare_storage(settings: Settings) -> None:
             shutil.copyfile(SUPPORT_README, readme)
         if not store.is_initialized():
             store.ensure_index(owner="startup")
-        written = store.sweep_dirty(older_than_seconds=0)
+        written = 0
+        for _ in range(store.dirty_count() // DIRTY_BATCH + 1):
+            written += store.sweep_dirty(older_than_seconds=0, limit=DIRTY_BATCH)
         if written:
             logger.info("wrote %d task file(s) that lagged behind the cache", written)
     finally:

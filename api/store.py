@@ -166,15 +166,18 @@ class TaskStore:
     def _counters(self) -> Counters:
         return Counters(self.cache.get(K_COUNTERS))
 
-    def _write(self, task: Task, previous: TaskStatus | None, counters: Counters | None = None) -> None:
+    def _write(self, task: Task, previous: TaskStatus | None, counters: Counters | None = None,
+               file_current: bool = False) -> None:
         """Store ``task`` and keep the indexes and counters in step (inside a transaction).
 
         ``counters``: given when the caller saves them once for many writes; else updated here.
+        ``file_current``: the JSON file already holds this state (a rebuild), so it is not marked dirty.
         """
         cache = self.cache
         task.rev += 1
         cache.set(K_TASK + task.task_id, task.to_dict())
-        cache.set(K_DIRTY + task.task_id, {"rev": task.rev, "at": time.time()})
+        if not file_current:
+            cache.set(K_DIRTY + task.task_id, {"rev": task.rev, "at": time.time()})
         if previous is task.status:
             return
         owner = task.worker["id"] if task.worker and task.status is TaskStatus.RUNNING else None
@@ -232,7 +235,8 @@ class TaskStore:
     def _files_written(self, written: dict[str, int]) -> None:
         self._files_done.update(written)
 
-    def sweep_dirty(self, older_than_seconds: float = 5.0, orphaned_after_seconds: float = 30.0) -> int:
+    def sweep_dirty(self, older_than_seconds: float = 5.0, orphaned_after_seconds: float = 30.0,
+                    limit: int = 500) -> int:
         """Clear the dirty marks of files written since, and write the files a dead writer left.
 
         Marks are cleared here in one transaction rather than after every write, which would add
@@ -241,7 +245,7 @@ class TaskStore:
         now = time.time()
         clear: list[str] = []
         rewritten = 0
-        for key, mark in self._range(K_DIRTY):
+        for key, mark in self._range(K_DIRTY, limit=limit):
             task_id = key[len(K_DIRTY):]
             if mark["at"] > now - older_than_seconds:
                 continue
@@ -260,6 +264,10 @@ class TaskStore:
                         self.cache.delete(K_DIRTY + task_id)
                     self._files_done.pop(task_id, None)
         return rewritten
+
+    def dirty_count(self) -> int:
+        """How many task files lag behind the cache (written soon by their worker or a sweep)."""
+        return self._count(K_DIRTY)
 
     def start_file_writer(self) -> None:
         self._writer = FileWriter(self.write_file, self._files_written)
@@ -670,7 +678,7 @@ class TaskStore:
                     if task.status is TaskStatus.QUEUED:
                         task.queue_key = self.cache.push(task.task_id, prefix=QUEUE_PREFIX)
                     task.rev -= 1  # _write adds one back
-                    self._write(task, None, counters)
+                    self._write(task, None, counters, file_current=True)
                 self.cache.set(K_COUNTERS, counters.data)
 
     def ensure_index(self, owner: str, wait_seconds: float = 300.0) -> None:
