@@ -566,7 +566,7 @@ class TaskStore:
             rows = self._range(K_EXPIRES, before=f"{int(cutoff):014d}:{RANGE_END}", limit=batch)
             if not rows:
                 break
-            doomed: list[Task] = []
+            doomed: list[dict[str, Any]] = []  # raw records: building Task objects cost a tenth of the run
             with self._transaction():
                 counters = self._counters()
                 ids = [key.rsplit(":", 1)[1] for key, _ in rows]
@@ -576,41 +576,65 @@ class TaskStore:
                     data = records.get(K_TASK + task_id)
                     if data is None or not TaskStatus(data["status"]).terminal:
                         continue
-                    task = Task.from_dict(data)
-                    keys += self._task_keys(task)
-                    counters.moved(task.step_name, task.status.value, None)
-                    doomed.append(task)
+                    keys += self._task_keys(data)
+                    counters.moved(data["step_name"], data["status"], None)
+                    doomed.append(data)
                 value_files = delete_many(self.cache, keys)
                 self.cache.set(K_COUNTERS, counters.data)
             for name in value_files:
                 self.cache.disk.remove(name)
-            for task in doomed:
-                freed += self._remove_files(task)
-                removed.append(task.task_id)
+            freed += self._remove_files(doomed)
+            removed += [data["task_id"] for data in doomed]
             if between_batches is not None:
                 between_batches()
         return {"removed": len(removed), "task_ids": removed[:100], "freed_bytes": freed}
 
     @staticmethod
-    def _task_keys(task: Task) -> list[str]:
-        keys = [K_TASK + task.task_id, f"{K_STATUS}{task.status.value}:{task.task_id}", K_STOP + task.task_id,
-                K_DIRTY + task.task_id]
-        if task.idempotency_key:
-            keys.append(K_IDEMPOTENCY + task.idempotency_key)
+    def _task_keys(record: dict[str, Any]) -> list[str]:
+        task_id = record["task_id"]
+        keys = [K_TASK + task_id, f"{K_STATUS}{record['status']}:{task_id}", K_STOP + task_id, K_DIRTY + task_id]
+        if record.get("idempotency_key"):
+            keys.append(K_IDEMPOTENCY + record["idempotency_key"])
         return keys
 
-    def _remove_files(self, task: Task) -> int:
+    def _remove_files(self, records: list[dict[str, Any]]) -> int:
+        """Delete the tasks' JSON files, logs, artifacts and work folders; returns the bytes freed.
+
+        Each folder is listed once per batch rather than probed per task (almost halves a 20k cleanup).
+        """
+
+        def listing(folder: Path) -> set[str]:
+            try:
+                return set(os.listdir(folder))
+            except FileNotFoundError:
+                return set()
+
+        def unlink(path: str) -> int:
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+                return size
+            except FileNotFoundError:
+                return 0
+            except OSError as exc:  # a folder, a file held open on Windows: left for the next run
+                logger.warning("cleanup could not delete %s: %s", path, exc)
+                return 0
+
+        root, logs_dir = str(self.paths.root), str(self.paths.logs_dir)
+        logs, works = listing(self.paths.logs_dir), listing(self.paths.work_root / "tasks")
         freed = 0
-        paths = [self.paths.task_file(task.task_id), self.paths.log_file(task.task_id)]
-        paths += [p for p in (self.paths.removable(a) for a in task.artifacts) if p is not None]
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError):
-                freed += path.stat().st_size
-                path.unlink()
-        work = self.paths.work_dir(task.task_id)
-        if work.exists():
-            freed += sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
-            shutil.rmtree(work, ignore_errors=True)
+        for record in records:
+            task_id = record["task_id"]
+            freed += unlink(os.path.join(root, self.paths.task_file(task_id).name))
+            if f"{task_id}.log" in logs:
+                freed += unlink(os.path.join(logs_dir, f"{task_id}.log"))
+            for artifact in record.get("artifacts") or []:
+                if (path := self.paths.removable(artifact)) is not None:
+                    freed += unlink(str(path))
+            if task_id in works:
+                work = self.paths.work_dir(task_id)
+                freed += sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+                shutil.rmtree(work, ignore_errors=True)
         return freed
 
     def trim_logs(self, max_bytes: int) -> int:

@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real.
-APT_PACKAGES=()
+# Debian packages the tests drive for real: headless Chromium + its driver (portal downloads),
+# unixODBC + the SQLite ODBC driver (database loads).
+APT_PACKAGES=(chromium chromium-driver unixodbc libsqliteodbc)
 
 missing=()
 if [ ${#APT_PACKAGES[@]} -gt 0 ] && command -v dpkg-query >/dev/null 2>&1; then
