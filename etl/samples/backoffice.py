@@ -191,6 +191,8 @@ def estoque_rows(fund: str, day: dt.date, count: int = 40) -> list[list[str]]:
         status = "A vencer" if due >= day else "Vencido"
         if n >= count - 3 + (1 if day == DAYS[1] else -2):
             continue  # a few receivables only exist on one of the two days (new / liquidated)
+        if day == DAYS[1] and seq in (2, 3):
+            continue  # liquidated before the 18th
         if day == DAYS[1] and seq == 5:
             band, rate, status = "WOP", 1.0, "Baixado (write-off)"
         present = round(nominal / (1 + 0.015) ** max((due - day).days / 30, 0), 2)
