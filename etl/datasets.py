@@ -35,6 +35,9 @@ class ReadOptions(BaseModel):
     sheet: str | int = 0
     header_row: int | None = Field(0, ge=0, description="0-based row holding the column names; null: no header.")
     skip_rows: int = Field(0, ge=0)
+    pages: list[int] | None = Field(None, description="PDF: 1-based pages to read tables from (default: all).")
+    database: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$",
+                                 description="ODBC (.sql files): connection name; its string is the secret odbc_<name>.")
 
 
 def allowed_roots() -> list[Path]:
@@ -98,6 +101,10 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
             sheet = options.sheet if isinstance(options.sheet, str) else book.sheet_names[options.sheet]
             rows = book.get_sheet_by_name(sheet).to_python(skip_empty_area=False)
             return _text_frame(rows[options.skip_rows:])
+        if fmt == "pdf":
+            return _text_frame(pdf_table_rows(path, options.pages)[options.skip_rows:])
+        if fmt == "odbc":
+            return _text_frame(odbc_query_rows(path, options)[options.skip_rows:])
         if fmt == "parquet":
             frame = pd.read_parquet(path)
             header = pd.DataFrame([list(map(str, frame.columns))], columns=frame.columns)
@@ -109,7 +116,60 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
                            "set read.encoding") from None
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise DatasetError(f"cannot read {path.name} as {fmt}: {exc}") from None
-    raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet)")
+    raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet, pdf, odbc)")
+
+
+def pdf_table_rows(path: Path, pages: list[int] | None = None) -> list[list[Any]]:
+    """The rows of every ruled table in a PDF, each cell's words joined in reading order.
+
+    Tables are found from their lines only (``use_layout=False``: the layout model costs ~10x per
+    page), and cells are filled from the page's words rather than ``Table.extract()``, which
+    splits numbers such as ``1,108762`` across lines. A header row repeated on later pages is
+    dropped.
+    """
+    import pymupdf
+
+    rows: list[list[Any]] = []
+    with pymupdf.open(path) as doc:
+        for number in pages or range(1, doc.page_count + 1):
+            if not 1 <= number <= doc.page_count:
+                raise DatasetError(f"{path.name} has {doc.page_count} page(s); there is no page {number}")
+            page = doc[number - 1]
+            words = page.get_text("words")
+            for table in page.find_tables(use_layout=False).tables:
+                for row in table.rows:
+                    cells = []
+                    for cell in row.cells:
+                        if cell is None:
+                            cells.append(None)
+                            continue
+                        x0, y0, x1, y1 = cell
+                        inside = sorted((w for w in words if x0 <= (w[0] + w[2]) / 2 <= x1
+                                         and y0 <= (w[1] + w[3]) / 2 <= y1), key=lambda w: (round(w[3]), w[0]))
+                        cells.append(" ".join(w[4] for w in inside) or None)
+                    if rows and cells == rows[0]:
+                        continue
+                    rows.append(cells)
+    if not rows:
+        raise DatasetError(f"{path.name}: no ruled table found")
+    return rows
+
+
+def odbc_query_rows(path: Path, options: ReadOptions) -> list[list[Any]]:
+    """The header and rows of the query in a ``.sql`` file, run on the named ODBC connection."""
+    from etl import odbc
+
+    if not options.database:
+        raise DatasetError(f"{path.name}: an ODBC query needs read.database (a connection name)")
+    sql = path.read_text(encoding="utf-8")
+    pyodbc = odbc.pyodbc_module()
+    try:
+        with pyodbc.connect(odbc.connection_string(options.database), autocommit=True, timeout=30) as connection:
+            cursor = connection.execute(sql)
+            header = [column[0] for column in cursor.description]
+            return [header] + [list(row) for row in cursor.fetchall()]
+    except pyodbc.Error as exc:
+        raise DatasetError(f"{path.name}: the query failed: {exc.args[-1]}") from None
 
 
 def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None = None) -> pd.DataFrame:
@@ -146,7 +206,7 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def format_of(path: Path) -> Literal["csv", "xlsx", "parquet"]:
+def format_of(path: Path) -> Literal["csv", "xlsx", "parquet", "pdf", "odbc"]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".txt"):
         return "csv"
@@ -154,7 +214,11 @@ def format_of(path: Path) -> Literal["csv", "xlsx", "parquet"]:
         return "xlsx"
     if suffix == ".parquet":
         return "parquet"
-    raise DatasetError(f"cannot tell the format of {path.name} (.csv, .xlsx or .parquet)")
+    if suffix == ".pdf":
+        return "pdf"
+    if suffix == ".sql":
+        return "odbc"
+    raise DatasetError(f"cannot tell the format of {path.name} (.csv, .xlsx, .parquet, .pdf or .sql)")
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:

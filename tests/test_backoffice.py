@@ -193,3 +193,24 @@ def test_runtime_stop_is_honoured_between_maps_files(dirs: Path):
     step = registry.get_step("maps_consolidate", False)
     with runtime.bind(context), pytest.raises(EtlError, match="stop"):
         step.run(step.params_model.model_validate({}))
+
+
+def test_datasets_read_pdf_tables_and_odbc_queries(dirs: Path, monkeypatch: pytest.MonkeyPatch):
+    from etl.datasets import ReadOptions, read_table
+
+    pdf = read_table(dirs / "inputs" / "pdfs" / "carteira_agro_20260218.pdf")
+    assert list(pdf.columns) == ["Ativo", "Quantidade", "Preço", "Valor (R$)"]
+    # cells come from the page's words: "1,108762" stays one number (Table.extract() splits it)
+    assert pdf.iloc[1].tolist() == ["Cotas FI Referenciado DI", "10.000", "1,108762", "11.087,62"]
+    path = dirs / "positions.db"
+    pyodbc = odbc.pyodbc_module()
+    with pyodbc.connect(sqlite_odbc(path), autocommit=True) as connection:
+        connection.execute("CREATE TABLE pos (fundo TEXT, ativo TEXT, valor TEXT)")
+        connection.execute("INSERT INTO pos VALUES ('AGROSAFRA', 'LTN', '1068518.52'), ('CREDSP', 'CDB', '10,5')")
+    monkeypatch.setenv("ETL_SECRET_ODBC_POSITIONS", sqlite_odbc(path))
+    query_file = dirs / "inputs" / "positions.sql"
+    query_file.write_text("SELECT fundo, ativo, valor FROM pos ORDER BY fundo", encoding="utf-8")
+    frame = read_table(query_file, options=ReadOptions(database="positions"))
+    assert frame.values.tolist() == [["AGROSAFRA", "LTN", "1068518.52"], ["CREDSP", "CDB", "10,5"]]
+    with pytest.raises(EtlError, match="needs read.database"):
+        read_table(query_file)

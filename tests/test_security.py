@@ -173,3 +173,49 @@ def test_health_names_each_failing_check(make_server, tmp_path):
         assert task["task_id"] in answer.json()["checks"]["stuck_tasks"]["detail"]
     finally:
         os.kill(owner, signal.SIGCONT)
+
+
+def test_health_fails_when_cleanup_is_overdue_or_the_cache_cannot_be_read(make_server, tmp_path):
+    from api.cache import K_CLEANUP
+    from api.scheduler import LEASE, LEASE_SECONDS
+    from api.store import TaskStore
+
+    storage = tmp_path / "task_storage"
+    srv: Server = make_server(storage, workers=2, cache_timeout_seconds=1)
+    assert srv.client.get("/health").status_code == 200
+    store = TaskStore(storage, storage / "runs", storage / "outputs", ttl_seconds=3600, max_running=4,
+                      max_queued=10, worker_lost_after_seconds=3)
+    store.open()
+    try:
+        # another owner holds the cleanup lease and the next run is long past: nobody can clean up
+        assert store.acquire_lease(LEASE, "a-stuck-cleaner", 3600)
+        store.set_value(K_CLEANUP + "next", time.time() - LEASE_SECONDS - 120)
+        health = srv.client.get("/health")
+        assert health.status_code == 503 and health.json()["failing"] == ["cleanup_scheduler"]
+        assert "overdue" in health.json()["checks"]["cleanup_scheduler"]["detail"]
+    finally:
+        store.release_lease(LEASE, "a-stuck-cleaner")
+        store.set_value(K_CLEANUP + "next", time.time() + 3600)
+        store.close()
+    assert srv.client.get("/health").status_code == 200
+
+    import pickle
+    import sqlite3
+
+    # a row the JSON-only cache refuses to read (pickled, as an attacker would plant it)
+    db = sqlite3.connect(storage / "task_cache" / "cache.db", timeout=10)
+    db.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = ?",
+               (sqlite3.Binary(pickle.dumps({"x": 1})), K_CLEANUP + "next"))
+    db.commit()
+    try:
+        health = srv.client.get("/health")
+        assert health.status_code == 503 and "cache_readable" in health.json()["failing"], health.json()
+        assert "task cache cannot be read" in health.json()["checks"]["cache_readable"]["detail"]
+    finally:
+        db.execute("DELETE FROM Cache WHERE key = ?", (K_CLEANUP + "next",))
+        db.commit()
+        db.close()
+    deadline = time.monotonic() + 10
+    while srv.client.get("/health").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert srv.client.get("/health").status_code == 200

@@ -57,7 +57,7 @@ class Enrichment(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
     path: str = Field(description="File pattern under rootFileDir; dated tokens allowed; the latest file on or "
                                   "before the run date is used.")
-    format: Literal["csv", "xlsx", "parquet"] | None = None
+    format: Literal["csv", "xlsx", "parquet", "pdf", "odbc"] | None = None
     read: ReadOptions = Field(default_factory=ReadOptions)
     on: dict[str, str] = Field(description="Dataset column -> lookup column.")
     columns: dict[str, str] = Field(description="Lookup column -> new column name.")
@@ -82,7 +82,7 @@ class Transform(_Strict):
 class Dataset(_Strict):
     name: str = Field(description="A short label used in reports, e.g. 'ADMIN'.")
     path: str = Field(description="File pattern under rootFileDir with tokens such as {yyyymmdd}, {dd}, {mm}.")
-    format: Literal["csv", "xlsx", "parquet"] | None = None
+    format: Literal["csv", "xlsx", "parquet", "pdf", "odbc"] | None = None
     read: ReadOptions = Field(default_factory=ReadOptions)
     pre_harmonisation: PreHarmonisation = Field(default_factory=PreHarmonisation)
     harmonisation: Harmonisation = Field(default_factory=Harmonisation)

@@ -217,7 +217,9 @@ def bench_cleanup(make: Callable[..., Server], count: int = 100_000) -> None:
         poller = threading.Thread(target=poll)
         poller.start()
         started = time.perf_counter()
-        code, body = Conn(srv.port).request("POST", "/cleanup/now")
+        conn = Conn(srv.port)
+        conn.conn.timeout = 300  # the figure is the duration, whatever it is
+        code, body = conn.request("POST", "/cleanup/now")
         took = time.perf_counter() - started
         done.set()
         poller.join()
