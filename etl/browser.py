@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -33,7 +32,6 @@ from etl.process import kill_tree
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIXES = (".crdownload", ".tmp", ".part")
-DUPLICATE = re.compile(r"^(?P<stem>.*?) \(\d+\)(?P<suffix>\.[^.]*)?$")
 
 
 class BrowserError(EtlError):
@@ -130,10 +128,11 @@ def wait_for_download(folder: Path, before: set[str], timeout: float, what: str)
 
 
 def file_download(downloaded: Path, target: Path) -> Path:
-    """Move a finished download to its recipe name (replacing an older copy, dropping Chrome's "(1)")."""
-    match = DUPLICATE.match(downloaded.name)
-    if match and target.name != downloaded.name:
-        logger.debug("dropping the duplicate suffix of %s", downloaded.name)
+    """Move a finished download to its recipe name, replacing an older copy.
+
+    Whatever Chrome called the file ("report.csv", or "report (1).csv" when the name was taken)
+    it ends up under the name the recipe gives it.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(downloaded, target)
     return target

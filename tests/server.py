@@ -44,6 +44,8 @@ class Server:
             "ETL_GRACEFUL_TIMEOUT_SECONDS": "15",
             "ETL_STOP_GRACE_SECONDS": "2",
         })
+        # TEST_WORKER_CLASS=asgi runs the whole suite on Gunicorn's own ASGI worker
+        settings.setdefault("worker_class", os.environ.get("TEST_WORKER_CLASS", "uvicorn"))
         self.env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
         self.log_path = storage.parent / f"server-{self.port}.log"

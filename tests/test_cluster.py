@@ -6,13 +6,11 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
-import pytest
 
 from tests.server import Server
 
