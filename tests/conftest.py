@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from api.store import TaskStore
 from tests.server import Server
+from tests.steps import SAMPLES
 
 
 @pytest.fixture
@@ -18,6 +20,16 @@ def store(tmp_path: Path) -> Iterator[TaskStore]:
     store.open()
     yield store
     store.close()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Steps read ETL_INPUT_DIR (a private copy of the samples) and write private output/work folders."""
+    shutil.copytree(SAMPLES, tmp_path / "inputs", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("ETL_INPUT_DIR", str(tmp_path / "inputs"))
+    monkeypatch.setenv("ETL_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("ETL_WORK_DIR", str(tmp_path / "runs"))
+    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -14,25 +14,7 @@ from etl import odbc, registry, runtime
 from etl.errors import EtlError
 from etl.samples import backoffice as samples
 from tests.server import Server
-
-SAMPLES = Path(samples.__file__).resolve().parent
-
-
-@pytest.fixture
-def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the samples as ETL_INPUT_DIR, and private output/work folders."""
-    inputs = tmp_path / "inputs"
-    for folder in ("maps", "pdfs", "fidc", "mappings"):
-        shutil.copytree(SAMPLES / folder, inputs / folder)
-    monkeypatch.setenv("ETL_INPUT_DIR", str(inputs))
-    monkeypatch.setenv("ETL_OUTPUT_DIR", str(tmp_path / "outputs"))
-    monkeypatch.setenv("ETL_WORK_DIR", str(tmp_path / "runs"))
-    return tmp_path
-
-
-def run(name: str, **params):
-    step = registry.get_step(name, include_diagnostic=False)
-    return step.run(step.params_model.model_validate(params))
+from tests.steps import run
 
 
 def sqlite_odbc(path: Path) -> str:

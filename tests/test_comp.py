@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -16,25 +15,7 @@ from etl.comp.config import ConfigError
 from etl.comp.stages import DataError
 from etl.datasets import DatasetError, ReadOptions, read_raw
 from etl.expr import Expression, ExpressionError, mask
-from tests.server import ROOT
-
-SAMPLES = ROOT / "etl" / "samples"
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    """Steps read ETL_INPUT_DIR / write ETL_OUTPUT_DIR and ETL_WORK_DIR, as inside the service."""
-    inputs = tmp_path / "inputs"
-    shutil.copytree(SAMPLES, inputs)
-    monkeypatch.setenv("ETL_INPUT_DIR", str(inputs))
-    monkeypatch.setenv("ETL_OUTPUT_DIR", str(tmp_path / "outputs"))
-    monkeypatch.setenv("ETL_WORK_DIR", str(tmp_path / "runs"))
-    return tmp_path
-
-
-def run(step_name: str, **params):
-    step = registry.get_step(step_name, include_diagnostic=False)
-    return step.run(step.params_model.model_validate(params))
+from tests.steps import run
 
 
 def test_the_chain_makes_the_report_and_ages_breaks_across_carnival(dirs):
