@@ -61,6 +61,7 @@ class TaskStore:
         self._writer: FileWriter | None = None
         self._write_lock = threading.RLock()
         self._files_done: dict[str, int] = {}  # task id -> revision this process's writer put on disk
+        self.on_change: Callable[[str], None] | None = None  # told the id of each task changed here
 
     # --- opening -------------------------------------------------------------------------
 
@@ -207,7 +208,10 @@ class TaskStore:
         return f"{K_EXPIRES}{expires:014d}:{task.task_id}"
 
     def _sync_file(self, task_id: str) -> None:
-        """Bring the task's JSON file up to date: on the writer thread if there is one, else now."""
+        """After a committed change: bring the JSON file up to date (on the writer thread if there
+        is one, else now) and tell ``on_change``."""
+        if self.on_change is not None:
+            self.on_change(task_id)
         if self._writer is not None:
             self._writer.enqueue(task_id)
         elif self.write_file(task_id) is not None:

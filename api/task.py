@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -40,13 +41,25 @@ def parse_iso(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
+_id_lock = threading.Lock()
+_last_stamp = 0
+
+
 def new_task_id() -> str:
-    """A UUIDv7: random, yet sorted by creation time (so the store lists newest first cheaply)."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & ((1 << 48) - 1)) << 80
+    """A UUIDv7 sorted by creation time, so the store lists newest first cheaply.
+
+    The 12 bits after the millisecond hold its fraction (RFC 9562, method 3) and never repeat or
+    go back within a process, so tasks created in the same millisecond keep their order too.
+    """
+    global _last_stamp
+    nanos = time.time_ns()
+    stamp = (nanos // 1_000_000) << 12 | (nanos % 1_000_000) * 4096 // 1_000_000
+    with _id_lock:
+        stamp = _last_stamp = max(stamp, _last_stamp + 1)
+    rand = int.from_bytes(os.urandom(8), "big")
+    value = ((stamp >> 12) & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= (stamp & 0xFFF) << 64
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
     return str(uuid.UUID(int=value))

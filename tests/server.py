@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -117,7 +119,7 @@ class Server:
         return response.json()
 
     def status(self, task_id: str) -> dict[str, Any]:
-        response = self.client.get(f"/status/{task_id}")
+        response = self.client.get(f"/status/{task_id}", headers=self.probe_headers)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -134,6 +136,20 @@ class Server:
                 return state
             if time.monotonic() > deadline:
                 raise AssertionError(f"task {task_id} still {state['status']} after {timeout} s: {state}")
+            time.sleep(0.02)
+
+    def task_file(self, task_id: str, timeout: float = 10) -> str:
+        """The text of the task's JSON file once it shows the ended task (it follows the store within ms)."""
+        ended = self.wait_for(task_id)["status"]
+        path = self.storage / f"{task_id}.json"
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                text = path.read_text(encoding="utf-8")
+                if json.loads(text)["status"] == ended:
+                    return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} does not show the task {ended} after {timeout} s")
             time.sleep(0.02)
 
     def clients_by_worker(self, wanted: int = 2, attempts: int = 5) -> dict[int, httpx.Client]:

@@ -191,4 +191,4 @@ def test_api_keys_and_roles(make_server):
     assert srv.client.post("/cleanup/now", headers={"X-API-Key": "a-key"}).status_code == 200
     status = srv.client.get(f"/status/{task['task_id']}", headers=viewer).json()
     assert status["requested_by"]["role"] == "operator" and status["requested_by"]["name"] == "ops"
-    assert "o-key" not in (srv.storage / f"{task['task_id']}.json").read_text()
+    assert "o-key" not in srv.task_file(task["task_id"])

@@ -235,6 +235,6 @@ def test_portal_download_through_the_service(make_server, portal: Portal, tmp_pa
     assert final["status"] == "completed", final
     output = srv.client.get(f"/output/{task['task_id']}").json()
     assert output["result"]["downloaded"] == 2
-    stored = (srv.storage / f"{task['task_id']}.json").read_text(encoding="utf-8")
+    stored = srv.task_file(task["task_id"])
     log = srv.client.get(f"/logs/{task['task_id']}").json()["lines"]
     assert USERS["amplis"][1] not in stored and not any(USERS["amplis"][1] in line for line in log)

@@ -72,14 +72,13 @@ def test_a_secret_is_masked_everywhere(make_server):
     assert final["status"] == "failed" and "***" in final["error"]["message"]
     echoed = srv.run("diag_noop", note="${secret:dbpass}", password="typed-in-clear")
     srv.wait_for(echoed["task_id"])
-    time.sleep(0.3)  # the JSON file follows the store within milliseconds
     places = {
         "status": srv.client.get(f"/status/{failing['task_id']}").text,
         "output": srv.client.get(f"/output/{failing['task_id']}").text,
         "echo output": srv.client.get(f"/output/{echoed['task_id']}").text,
         "task logs": srv.client.get(f"/logs/{failing['task_id']}").text,
-        "task file": (srv.storage / f"{failing['task_id']}.json").read_text(encoding="utf-8"),
-        "echo file": (srv.storage / f"{echoed['task_id']}.json").read_text(encoding="utf-8"),
+        "task file": srv.task_file(failing["task_id"]),
+        "echo file": srv.task_file(echoed["task_id"]),
         "log file": (srv.storage / "logs" / f"{failing['task_id']}.log").read_text(encoding="utf-8"),
         "server log": srv.log_text(),
         "audit": (srv.storage / "audit.log").read_text(encoding="utf-8"),

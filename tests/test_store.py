@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import shutil
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -14,6 +16,7 @@ from api.errors import Conflict, QueueFull, TaskNotFound
 from api.cache import K_TASK, CacheCorrupt, UnsafeCacheRow, open_cache
 from api.files import write_json_atomic
 from api.store import TaskStore
+from api.watch import TaskWatch
 from api.workers import WorkerInfo
 from api.task import Task, TaskStatus, mask_secrets, new_task_id, now_iso
 
@@ -260,3 +263,21 @@ def test_a_file_left_behind_by_a_dead_writer_is_swept(store: TaskStore):
     assert store.sweep_dirty(older_than_seconds=0) == 1
     assert "then died" in store.paths.task_file(task.task_id).read_text()
     assert store.sweep_dirty(older_than_seconds=0) == 0
+
+
+def test_a_change_committed_by_another_thread_wakes_its_watchers_only(store: TaskStore):
+    watch = TaskWatch()
+    store.on_change = watch.changed
+    task, other = _submit(store), _submit(store)
+
+    async def wait_for_end() -> tuple[bool, bool]:
+        with watch.watch(task.task_id) as ended, watch.watch(other.task_id) as untouched:
+            finisher = threading.Thread(target=store.finish, args=(task.task_id, TaskStatus.COMPLETED, "done"))
+            finisher.start()
+            await asyncio.wait_for(ended.wait(), 10)
+            finisher.join()
+            return ended.is_set(), untouched.is_set()
+
+    assert asyncio.run(wait_for_end()) == (True, False)
+    assert store.get(task.task_id).status is TaskStatus.COMPLETED
+    assert watch._waiting == {}  # every watcher unregistered itself

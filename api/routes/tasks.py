@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -103,13 +104,17 @@ async def task_status(
         seen = (task.status, task.progress, task.stop_requested)
         deadline = time.monotonic() + wait
         pause = WAIT_FIRST_POLL_SECONDS
-        # Checks start 2 ms apart (a short task is seen ending at once) and back off to 50 ms.
-        while (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
-            task = services.store.get(task_id)
-            if (task.status, task.progress, task.stop_requested) != seen:
-                break
+        # A change made by this worker wakes the wait at once; one made by another worker is found
+        # by checks that start 2 ms apart and back off to 50 ms.
+        with services.watch.watch(task_id) as changed:
+            while (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(pause, left))
+                changed.clear()
+                pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
+                task = services.store.get(task_id)
+                if (task.status, task.progress, task.stop_requested) != seen:
+                    break
     # A JSONResponse skips FastAPI's response validation and encoding: this is the hottest endpoint.
     return JSONResponse(task.status_view())
 

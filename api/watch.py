@@ -1,0 +1,44 @@
+"""Wakes long-polls (``GET /status?wait=``) the moment this worker changes the task they wait on.
+
+Changes made by other workers are still found by polling the store; this only removes the poll
+delay for the common case of a task that runs on the worker the client talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+
+class TaskWatch:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    @contextlib.contextmanager
+    def watch(self, task_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever this process commits a change to ``task_id`` (use on the event loop)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiting.setdefault(task_id, set()).add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._lock:
+                waiting = self._waiting.get(task_id)
+                if waiting is not None:
+                    waiting.discard(entry)
+                    if not waiting:
+                        del self._waiting[task_id]
+
+    def changed(self, task_id: str) -> None:
+        """Called from any thread after a change to ``task_id`` is committed."""
+        if not self._waiting:
+            return
+        with self._lock:
+            entries = list(self._waiting.get(task_id, ()))
+        for loop, event in entries:
+            with contextlib.suppress(RuntimeError):  # the loop closed while shutting down
+                loop.call_soon_threadsafe(event.set)
