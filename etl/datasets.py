@@ -7,10 +7,10 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from etl import runtime
 from etl.errors import EtlError
@@ -55,6 +55,20 @@ def resolve(path: str | Path, base: Path | None = None) -> Path:
         raise DatasetError(f"{path} is outside the folders steps may use ({', '.join(str(r) for r in roots)})")
     return candidate
 
+
+
+def _within_roots(value: str) -> str:
+    try:
+        resolve(value)
+    except DatasetError:
+        raise ValueError(f"{value!r} is outside the folders steps may use "
+                         "(ETL_INPUT_DIR, ETL_OUTPUT_DIR, ETL_WORK_DIR)") from None
+    return value
+
+
+# A path parameter (relative to ETL_INPUT_DIR or absolute): one that leaves the data folders is
+# refused when the task is submitted (422), not when it runs.
+DataPath = Annotated[str, AfterValidator(_within_roots)]
 
 def _cell_text(value: Any) -> str | None:
     """A spreadsheet cell as a Brazilian user would have typed it (numbers with a decimal comma)."""

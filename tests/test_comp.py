@@ -7,13 +7,14 @@ import json
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from python_calamine import CalamineWorkbook
 
 from etl import brazil, registry
 from etl.calendar import add_business_days, business_days_between, is_business_day, previous_business_day
 from etl.comp.config import ConfigError
 from etl.comp.stages import DataError
-from etl.datasets import DatasetError, ReadOptions, read_raw
+from etl.datasets import DatasetError, ReadOptions, read_raw, resolve
 from etl.expr import Expression, ExpressionError, mask
 from tests.steps import run
 
@@ -115,10 +116,15 @@ def test_missing_column_is_named_with_the_columns_found(dirs):
 
 
 def test_paths_outside_the_data_folders_are_refused(dirs):
+    # A path parameter is refused when the parameters are validated (a 422 at submit) ...
+    for hostile in ("/etc/passwd", "../../../../etc/passwd"):
+        with pytest.raises(ValidationError, match="outside the folders steps may use"):
+            run("read_csv", path=hostile)
+    # ... and a path that comes from elsewhere (previous_outputs, a config file) when it is used.
     with pytest.raises(DatasetError, match="outside"):
-        run("read_csv", path="/etc/passwd")
-    with pytest.raises(DatasetError, match="outside"):
-        run("read_csv", path="../../../../etc/passwd")
+        resolve("../../../../etc/passwd")
+    inside = resolve("positions")
+    assert inside == (dirs / "inputs" / "positions").resolve()
 
 
 def test_workflow_steps_chain_by_reference(dirs):

@@ -45,3 +45,19 @@ def test_bad_v1_parameter_is_422(server: Server):
     response = server.client.post("/run/read_src_comp", json={"parameters": {"expectedRunDate": "31/02/2026"}})
     assert response.status_code == 422
     assert "parameters.expectedRunDate" in response.text
+
+
+def test_a_path_outside_the_data_folders_is_422_at_submit(server: Server):
+    def submitted() -> int:
+        return sum(server.client.get("/stats").json()["submitted_total"].values())
+
+    before = submitted()
+    for step, params in (("read_csv", {"path": "../../../../etc/passwd"}), ("maps_consolidate", {"folder": "/etc"}),
+                         ("reading_config_comp", {"rootFileDir": "/"})):
+        response = server.client.post(f"/run/{step}", json={"parameters": params})
+        assert response.status_code == 422, (step, response.text)
+        detail = response.json()["detail"]
+        field = next(iter(params))
+        assert f"parameters.{field}" in detail and "outside the folders steps may use" in detail, detail
+        assert str(server.storage) not in detail  # no server folder is named to the client
+    assert submitted() == before  # no task was made

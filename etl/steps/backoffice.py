@@ -62,7 +62,7 @@ def _output(*parts: str) -> Path:
 class MapsFilesParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    folder: str = Field("maps", description="Folder of MAPS workbooks (under ETL_INPUT_DIR).")
+    folder: datasets.DataPath = Field("maps", description="Folder of MAPS workbooks (under ETL_INPUT_DIR).")
     kind: Literal["Composicao", "Posicao", "all"] = Field("all", description="Which workbooks to read.")
     date: dt.date | None = Field(None, description="Only this day's workbooks (default: every day in the folder).")
     funds: list[str] | None = Field(None, description="Only these fund codes.")
@@ -167,7 +167,7 @@ def _write_workbook(path: Path, sheets: dict[str, pd.DataFrame]) -> None:
 
 
 class MapsFoldersParams(MapsFilesParams):
-    mapping: str = Field("mappings/MAPS_mapeamento.xlsx", description="Workbook with a 'Fundos' sheet: Fundo MAPS -> Pasta.")
+    mapping: datasets.DataPath = Field("mappings/MAPS_mapeamento.xlsx", description="Workbook with a 'Fundos' sheet: Fundo MAPS -> Pasta.")
     destination: str = Field("maps_arquivo", description="Folder under ETL_OUTPUT_DIR to file the workbooks in.")
 
 
@@ -198,7 +198,7 @@ def maps_save_excel_folders(params: MapsFoldersParams) -> dict[str, Any]:
 
 class MapsUploadParams(MapsFilesParams):
     kind: Literal["Composicao", "Posicao"] = "Composicao"
-    mapping: str = Field("mappings/MAPS_mapeamento.xlsx",
+    mapping: datasets.DataPath = Field("mappings/MAPS_mapeamento.xlsx",
                          description="Workbook with 'Tabelas' (Seção -> Tabela) and 'Colunas' sheets.")
     database: str = Field("sample", pattern=r"^[A-Za-z0-9_]+$",
                           description="Connection name: its string is the secret odbc_<name>. 'sample' without "
@@ -293,8 +293,8 @@ PDF_PATTERNS = {
 class SavePdfsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    folder: str = Field("pdfs", description="Folder of AMPLIS/QORE portfolio PDFs (under ETL_INPUT_DIR).")
-    mapping: str = Field("mappings/DE_PARA_Carteiras.xlsx",
+    folder: datasets.DataPath = Field("pdfs", description="Folder of AMPLIS/QORE portfolio PDFs (under ETL_INPUT_DIR).")
+    mapping: datasets.DataPath = Field("mappings/DE_PARA_Carteiras.xlsx",
                          description="'DE PARA' workbook: Carteira, CNPJ, Fundo (the fund's folder).")
     destination: str = Field("fundos", description="Folder under ETL_OUTPUT_DIR holding <fund>/06. Carteiras/...")
     move: bool = Field(False, description="Move the PDFs instead of copying them.")
@@ -375,7 +375,7 @@ MONEY = ["valor_nominal", "valor_presente", "valor_pdd"]
 class EstoqueParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    folder: str = Field("fidc", description="Folder of estoque_<FUNDO>_<yyyymmdd>.csv files (under ETL_INPUT_DIR).")
+    folder: datasets.DataPath = Field("fidc", description="Folder of estoque_<FUNDO>_<yyyymmdd>.csv files (under ETL_INPUT_DIR).")
     fund: str | None = Field(None, description="Fund code (default: the only one in the folder).")
     date: dt.date | None = Field(None, description="Stock date (default: the latest file).")
     read: datasets.ReadOptions = Field(default_factory=datasets.ReadOptions)

@@ -21,7 +21,7 @@ from etl.calendar import previous_business_day
 from etl.comp import rolling, stages
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
 from etl.comp.report import write_report
-from etl.datasets import json_value, preview, resolve, write_csv, write_parquet
+from etl.datasets import DataPath, json_value, preview, resolve, write_csv, write_parquet
 from etl.registry import step
 
 logger = logging.getLogger(__name__)
@@ -36,10 +36,10 @@ class CompParams(BaseModel):
 
     expectedRunDate: str | None = Field(None, description="Run date, dd/mm/yyyy or yyyy-mm-dd. Default: the "
                                                           "config's default_run_date, else the previous business day.")
-    inputConfigFilePath: str | None = Field(None, description="Folder of control configs (default "
+    inputConfigFilePath: DataPath | None = Field(None, description="Folder of control configs (default "
                                                               "ETL_INPUT_DIR/controls).")
     inputConfigFilePattern: str = Field("*.json", description="Which config in that folder (must match one file).")
-    rootFileDir: str | None = Field(None, description="Root of the input files (default ETL_INPUT_DIR).")
+    rootFileDir: DataPath | None = Field(None, description="Root of the input files (default ETL_INPUT_DIR).")
     runEnv: str = Field("dev", max_length=20, description="Environment label, recorded in the report.")
     tempFilePath: str | None = Field(None, description="Root of run folders (default ETL_WORK_DIR).")
 

@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from etl import brazil, runtime
-from etl.datasets import DatasetError, ReadOptions, dataset_result, format_of, read_table, resolve, write_csv, \
+from etl.datasets import DataPath, DatasetError, ReadOptions, dataset_result, format_of, read_table, resolve, write_csv, \
     write_parquet
 from etl.expr import Expression, mask
 from etl.registry import step
@@ -73,13 +73,13 @@ def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
 
 
 class ReadCsvParams(_Params):
-    path: str = Field(SAMPLE_CSV, description="CSV file under ETL_INPUT_DIR (or an absolute path inside the data folders).")
+    path: DataPath = Field(SAMPLE_CSV, description="CSV file under ETL_INPUT_DIR (or an absolute path inside the data folders).")
     read: ReadOptions = Field(default_factory=ReadOptions)
     typed: bool = Field(True, description="Turn columns of Brazilian numbers/dates into numbers/dates.")
 
 
 class ReadExcelParams(ReadCsvParams):
-    path: str = Field(SAMPLE_XLSX, description="Workbook under ETL_INPUT_DIR.")
+    path: DataPath = Field(SAMPLE_XLSX, description="Workbook under ETL_INPUT_DIR.")
 
 
 def _read_file(params: ReadCsvParams, fmt: str, name: str) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def read_excel(params: ReadExcelParams) -> dict[str, Any]:
 
 
 class ReadParquetParams(_Params):
-    path: str = Field(SAMPLE_PARQUET, description="Parquet file under ETL_INPUT_DIR.")
+    path: DataPath = Field(SAMPLE_PARQUET, description="Parquet file under ETL_INPUT_DIR.")
 
 
 @step("read_parquet", ReadParquetParams, "Read a Parquet file")
@@ -114,7 +114,7 @@ def read_parquet(params: ReadParquetParams) -> dict[str, Any]:
 
 
 class ConvertParams(_Params):
-    path: str = Field(SAMPLE_CSV, description="CSV or Excel file to convert.")
+    path: DataPath = Field(SAMPLE_CSV, description="CSV or Excel file to convert.")
     read: ReadOptions = Field(default_factory=ReadOptions)
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Output name (default: the file's).")
 
@@ -130,7 +130,7 @@ def convert_parquet(params: ConvertParams) -> dict[str, Any]:
 
 
 class FilterParams(_Params):
-    dataset: str | None = Field(None, description="Dataset path; default: previous_outputs.dataset, else a sample.")
+    dataset: DataPath | None = Field(None, description="Dataset path; default: previous_outputs.dataset, else a sample.")
     where: str = Field("quantidade > 0", description="Keep the rows where this expression is true.")
     columns: list[str] | None = Field(None, description="Keep only these columns.")
 
@@ -148,8 +148,8 @@ def filter_rows(params: FilterParams) -> dict[str, Any]:
 
 
 class JoinParams(_Params):
-    left: str | None = Field(None, description="Left dataset; default: previous_outputs.dataset, else a sample.")
-    right: str = Field(SAMPLE_XLSX, description="Right dataset.")
+    left: DataPath | None = Field(None, description="Left dataset; default: previous_outputs.dataset, else a sample.")
+    right: DataPath = Field(SAMPLE_XLSX, description="Right dataset.")
     on: dict[str, str] = Field({"cnpj_fundo": "CNPJ"}, description="Left column -> right column.")
     how: Literal["inner", "left", "right", "outer"] = "left"
 
@@ -170,7 +170,7 @@ def join(params: JoinParams) -> dict[str, Any]:
 
 
 class AggregateParams(_Params):
-    dataset: str | None = None
+    dataset: DataPath | None = None
     by: list[str] = Field(["cnpj_fundo"], description="Group by these columns.")
     metrics: dict[str, Literal["sum", "mean", "min", "max", "count", "nunique", "first"]] = Field(
         {"valor_mercado": "sum", "codigo_ativo": "count"}, description="Column -> aggregation.")
@@ -187,7 +187,7 @@ def aggregate(params: AggregateParams) -> dict[str, Any]:
 
 
 class OutputParams(_Params):
-    dataset: str | None = None
+    dataset: DataPath | None = None
     format: Literal["xlsx", "csv", "parquet"] = "xlsx"
     name: str = Field("output", pattern=r"^[A-Za-z0-9_.-]+$", description="File name, without extension.")
 
