@@ -77,9 +77,12 @@ def _save(path: Path, key: bytes, secrets: dict[str, str]) -> None:
     nonce = os.urandom(_NONCE_BYTES)
     blob = nonce + AESGCM(key).encrypt(nonce, json.dumps(secrets).encode(), _FORMAT.encode())
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": _FORMAT, "data": base64.b64encode(blob).decode()}), encoding="utf-8")
-    if os.name == "posix":
-        tmp.chmod(0o600)
+    # Created 0600 from the start (POSIX), synced, then swapped in: never readable by others, never half written.
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(json.dumps({"format": _FORMAT, "data": base64.b64encode(blob).decode()}).encode("utf-8"))
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
 
 

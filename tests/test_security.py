@@ -96,6 +96,8 @@ def test_encrypted_secrets_file(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-m", "etl.secrets", "set", "portal"], input="hunter2\n", text=True, env=env,
                    cwd=ROOT, check=True, capture_output=True)
     assert b"hunter2" not in path.read_bytes()
+    assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)  # readable by its owner only
+    assert [p.name for p in tmp_path.iterdir()] == ["secrets.json"]  # no temp file left behind
     monkeypatch.setenv("ETL_SECRETS_FILE", str(path))
     monkeypatch.setenv("ETL_SECRETS_KEY", key)
     assert secrets.resolve({"url": "https://x/?p=${secret:portal}"}) == {"url": "https://x/?p=hunter2"}
