@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import logging
 import math
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -235,12 +239,29 @@ def format_of(path: Path) -> Literal["csv", "xlsx", "parquet", "pdf", "odbc"]:
     raise DatasetError(f"cannot tell the format of {path.name} (.csv, .xlsx, .parquet, .pdf or .sql)")
 
 
-def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    """Write atomically (temp + replace), so a reader never sees half a file."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write into; once written it is synced and replaces
+    ``path`` (a reader never sees half a file), and if writing fails it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "r+b") as written:
+            os.fsync(written.fileno())
+        try:
+            os.replace(tmp, path)
+        except PermissionError:
+            raise DatasetError(f"cannot replace {path}: it is open in another program (close it and "
+                               "run the step again)") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    with replacing(path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return path
 
 
@@ -265,12 +286,9 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
         else:
             columns[str(name)] = pa.array(values.astype("string"), from_pandas=True)
     table = pa.table(columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
+    with replacing(path) as tmp, open(tmp, "wb") as out:
         out.write(b"\xef\xbb\xbf")
         pacsv.write_csv(table, out, pacsv.WriteOptions(delimiter=";", quoting_style="needed"))
-    tmp.replace(path)
     return path
 
 

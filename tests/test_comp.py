@@ -14,7 +14,7 @@ from etl import brazil, registry
 from etl.calendar import add_business_days, business_days_between, is_business_day, previous_business_day
 from etl.comp.config import ConfigError
 from etl.comp.stages import DataError
-from etl.datasets import DatasetError, ReadOptions, read_raw, resolve
+from etl.datasets import DatasetError, ReadOptions, read_raw, replacing, resolve
 from etl.expr import Expression, ExpressionError, mask
 from tests.steps import run
 
@@ -222,3 +222,17 @@ def test_expressions_evaluate_columns_and_point_at_errors():
         Expression("q > 1 and zz < 2").evaluate(frame)
     assert "unknown column 'zz'" in str(bad.value) and "position 11" in str(bad.value)
     assert str(bad.value).splitlines()[-1].index("^") == 2 + 10
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "report.xlsx"
+    target.write_bytes(b"the previous report")
+    with pytest.raises(RuntimeError), replacing(target) as tmp:
+        tmp.write_bytes(b"half a wor")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"the previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.xlsx"]
+    with replacing(target) as tmp:
+        tmp.write_bytes(b"the new report")
+    assert target.read_bytes() == b"the new report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.xlsx"]

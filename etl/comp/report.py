@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from etl.datasets import replacing
+
 MAX_COLUMN_WIDTH = 50
 
 
@@ -40,9 +42,8 @@ def _sheet(writer: pd.ExcelWriter, frame: pd.DataFrame, name: str, formats: dict
 def write_report(path: Path, summary: list[tuple[str, Any]], by_category: pd.DataFrame, breaks: pd.DataFrame,
                  unexplained: pd.DataFrame, matched_sample: pd.DataFrame) -> Path:
     """Write the workbook atomically (temp file, then replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.xlsx")
-    with pd.ExcelWriter(tmp, engine="xlsxwriter", datetime_format="dd/mm/yyyy", date_format="dd/mm/yyyy") as writer:
+    with replacing(path) as tmp, pd.ExcelWriter(tmp, engine="xlsxwriter", datetime_format="dd/mm/yyyy",
+                                                 date_format="dd/mm/yyyy") as writer:
         book = writer.book
         formats = {
             "header": book.add_format({"bold": True, "bg_color": "#1F4E78", "font_color": "#FFFFFF", "border": 1,
@@ -75,5 +76,4 @@ def write_report(path: Path, summary: list[tuple[str, Any]], by_category: pd.Dat
         _sheet(writer, breaks, "Breaks", formats)
         _sheet(writer, unexplained, "Unexplained", formats)
         _sheet(writer, matched_sample, "Matched sample", formats)
-    tmp.replace(path)
     return path

@@ -153,8 +153,8 @@ def maps_consolidate(params: MapsFilesParams) -> dict[str, Any]:
 
 
 def _write_workbook(path: Path, sheets: dict[str, pd.DataFrame]) -> None:
-    tmp = path.with_suffix(".tmp.xlsx")
-    with pd.ExcelWriter(tmp, engine="xlsxwriter", datetime_format="dd/mm/yyyy", date_format="dd/mm/yyyy") as writer:
+    with datasets.replacing(path) as tmp, pd.ExcelWriter(tmp, engine="xlsxwriter", datetime_format="dd/mm/yyyy",
+                                                          date_format="dd/mm/yyyy") as writer:
         for name, frame in sheets.items():
             sheet_name = _safe(name)[:31]
             frame.to_excel(writer, sheet_name=sheet_name, index=False)
@@ -163,7 +163,6 @@ def _write_workbook(path: Path, sheets: dict[str, pd.DataFrame]) -> None:
             sheet.autofilter(0, 0, max(len(frame), 1), max(len(frame.columns) - 1, 0))
             for i, column in enumerate(frame.columns):
                 sheet.set_column(i, i, min(max(len(str(column)), 12) + 2, 45))
-    tmp.replace(path)
 
 
 class MapsFoldersParams(MapsFilesParams):

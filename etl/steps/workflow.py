@@ -13,8 +13,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from etl import brazil, runtime
-from etl.datasets import DataPath, DatasetError, ReadOptions, dataset_result, format_of, read_table, resolve, write_csv, \
-    write_parquet
+from etl.datasets import DataPath, DatasetError, ReadOptions, dataset_result, format_of, read_table, replacing, resolve, \
+    write_csv, write_parquet
 from etl.expr import Expression, mask
 from etl.registry import step
 
@@ -197,19 +197,16 @@ def output(params: OutputParams) -> dict[str, Any]:
     """Write a dataset to ETL_OUTPUT_DIR/workflow as Excel, CSV (';', decimal comma, UTF-8 BOM) or Parquet."""
     frame, _ = _load(params.dataset)
     target = runtime.output_dir() / "workflow" / f"{params.name}.{params.format}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
     if params.format == "xlsx":
-        with pd.ExcelWriter(tmp, engine="xlsxwriter", datetime_format="dd/mm/yyyy") as writer:
+        with replacing(target) as tmp, pd.ExcelWriter(tmp, engine="xlsxwriter", datetime_format="dd/mm/yyyy") as writer:
             frame.to_excel(writer, index=False, sheet_name="data")
             sheet = writer.sheets["data"]
             sheet.freeze_panes(1, 0)
             sheet.autofilter(0, 0, max(len(frame), 1), max(len(frame.columns) - 1, 0))
             sheet.set_column(0, max(len(frame.columns) - 1, 0), 18)
     elif params.format == "csv":
-        write_csv(frame, tmp)
+        write_csv(frame, target)
     else:
-        frame.to_parquet(tmp, index=False)
-    tmp.replace(target)
+        write_parquet(frame, target)
     runtime.add_artifact(target)
     return dataset_result(frame, target, file=str(target))
