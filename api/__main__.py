@@ -11,9 +11,8 @@ import logging.config
 import sys
 
 from api.logs import logging_config
-from api.settings import SettingsError, settings_or_exit
+from api.settings import CONNECTION_DRAIN_SECONDS, SettingsError, settings_or_exit
 from api.startup import prepare_storage
-from api.worker import CONNECTION_DRAIN_SECONDS
 
 
 def main(argv: list[str] | None = None) -> int:

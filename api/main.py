@@ -25,7 +25,7 @@ from etl import registry
 
 logger = logging.getLogger(__name__)
 
-# Left of the graceful timeout for draining connections (5 s) and recording what was interrupted.
+# Left of the graceful timeout for draining connections and recording what was interrupted.
 SHUTDOWN_MARGIN_SECONDS = 8.0
 
 

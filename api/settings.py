@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 ROLES = ("viewer", "operator", "admin")
+# Long-polls (GET /status?wait=60) must not hold up shutdown: after this many seconds open
+# connections are closed, so the lifespan shutdown can stop the running steps in time.
+CONNECTION_DRAIN_SECONDS = 5
 
 
 class SettingsError(Exception):

@@ -6,9 +6,7 @@ from typing import Any
 
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
-# Long-polls (GET /status?wait=60) must not hold up shutdown: after this many seconds open
-# connections are closed, so the lifespan shutdown can stop the running steps in time.
-CONNECTION_DRAIN_SECONDS = 5
+from api.settings import CONNECTION_DRAIN_SECONDS
 
 
 class UvicornWorker(_UvicornWorker):

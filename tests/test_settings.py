@@ -52,3 +52,13 @@ def test_public_bind_needs_keys(monkeypatch):
     monkeypatch.setenv("ETL_API_KEYS", "admin:k")
     assert load_settings().host == "0.0.0.0"
     assert isinstance(load_settings(), Settings)
+
+
+def test_the_windows_launcher_needs_neither_gunicorn_nor_posix_modules():
+    # start_server.bat runs `python -m api serve`: Gunicorn, its worker class and fcntl/pwd/grp
+    # are not there on Windows, so nothing on that path may import them.
+    blocked = ("fcntl", "pwd", "grp", "gunicorn", "uvicorn_worker", "uvloop")
+    code = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
+            "import api.__main__, api.main\nfrom etl import registry\nregistry.load_steps()\nprint('imported')")
+    result = _start({}, "-c", code)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
