@@ -95,15 +95,18 @@ class FileWriter:
     """Writes task JSON files on a background thread: always the latest state, bursts coalesced.
 
     Requests answer as soon as the store has committed; the task's file follows within
-    milliseconds. A file that could not be written stays marked dirty in the store and is
-    written by the next sweep (or at the next start).
+    milliseconds. A state that will soon change (queued, running) may wait ``delay`` seconds, so
+    a short task's file is written once, when it ends, instead of once per transition. A file
+    that could not be written stays marked dirty in the store and is written by the next sweep
+    (or at the next start).
     """
 
     def __init__(self, write: Callable[[str], int | None], written: Callable[[dict[str, int]], None]) -> None:
         self._write = write
         self._written = written
-        self._pending: dict[str, None] = {}
+        self._pending: dict[str, float] = {}  # task id -> when its file is due (monotonic)
         self._busy = False
+        self._hurry = False
         self._stopping = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="etl-files", daemon=True)
@@ -111,15 +114,21 @@ class FileWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def enqueue(self, task_id: str) -> None:
+    def enqueue(self, task_id: str, delay: float = 0.0) -> None:
+        due = time.monotonic() + delay
         with self._cond:
-            self._pending[task_id] = None
+            self._pending[task_id] = min(due, self._pending.get(task_id, due))
             self._cond.notify()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued file is written."""
+        """Write every queued file now and wait until they are written."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+            self._hurry = True
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+            finally:
+                self._hurry = False
 
     def stop(self, timeout: float = 10.0) -> None:
         self.flush(timeout)
@@ -128,14 +137,28 @@ class FileWriter:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def _take_due(self) -> list[str] | None:
+        """The ids whose files are due, waiting until there are some; None when stopping."""
+        while True:
+            if self._stopping and not self._pending:
+                return None
+            now = time.monotonic()
+            if self._hurry or self._stopping:
+                due = list(self._pending)
+            else:
+                due = [task_id for task_id, at in self._pending.items() if at <= now]
+            if due:
+                for task_id in due:
+                    del self._pending[task_id]
+                return due
+            self._cond.wait(min(self._pending.values()) - now if self._pending else None)
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._stopping)
-                if self._stopping and not self._pending:
+                batch = self._take_due()
+                if batch is None:
                     return
-                batch = list(self._pending)
-                self._pending.clear()
                 self._busy = True
             written: dict[str, int] = {}
             for task_id in batch:

@@ -281,3 +281,24 @@ def test_a_change_committed_by_another_thread_wakes_its_watchers_only(store: Tas
     assert asyncio.run(wait_for_end()) == (True, False)
     assert store.get(task.task_id).status is TaskStatus.COMPLETED
     assert watch._waiting == {}  # every watcher unregistered itself
+
+
+def test_the_writer_thread_writes_running_states_after_a_pause_and_ended_ones_at_once(store: TaskStore):
+    store.start_file_writer()
+    short, long = _submit(store), _submit(store)
+    store.finish(short.task_id, TaskStatus.COMPLETED, "done")
+
+    def file_status(task: Task, timeout: float = 10) -> str:
+        path = store.paths.task_file(task.task_id)
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert time.monotonic() < deadline, f"{path.name} was never written"
+            time.sleep(0.005)
+        return json.loads(path.read_text(encoding="utf-8"))["status"]
+
+    assert file_status(short) == "completed"
+    assert file_status(long) == "running"  # a task that does not end soon still gets its file
+    store.finish(long.task_id, TaskStatus.FAILED, "broke")
+    store._writer.flush()
+    assert file_status(long) == "failed"
+    assert store.sweep_dirty(older_than_seconds=0) == 0 and store.dirty_count() == 0  # nothing left to write
