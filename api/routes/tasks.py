@@ -25,6 +25,8 @@ MAX_WAIT_SECONDS = 60
 WAIT_FIRST_POLL_SECONDS = 0.002
 WAIT_MAX_POLL_SECONDS = 0.05
 MAX_LOG_LINES = 5000
+STATUS_PATH = "/status/{task_id}"
+OUTPUT_PATH = "/output/{task_id}"
 
 
 class RunRequest(BaseModel):
@@ -45,9 +47,11 @@ def _step(services: ServicesDep, name: str) -> registry.Step:
 
 
 def _task_links(request: Request, task_id: str) -> dict[str, str]:
+    # Formatted from the route paths (request.url_for searches every route, on each submit).
+    root = request.scope.get("root_path", "")
     return {
-        "status_url": str(request.url_for("task_status", task_id=task_id).path),
-        "output_url": str(request.url_for("task_output", task_id=task_id).path),
+        "status_url": root + STATUS_PATH.format(task_id=task_id),
+        "output_url": root + OUTPUT_PATH.format(task_id=task_id),
     }
 
 
@@ -91,7 +95,7 @@ async def run_step(
     return JSONResponse(content, status_code=202, headers=headers)
 
 
-@router.get("/status/{task_id}", name="task_status", summary="A task's state")
+@router.get(STATUS_PATH, name="task_status", summary="A task's state")
 async def task_status(
     task_id: str,
     services: ServicesDep,
@@ -119,7 +123,7 @@ async def task_status(
     return JSONResponse(task.status_view())
 
 
-@router.get("/output/{task_id}", name="task_output", summary="A task's result or error")
+@router.get(OUTPUT_PATH, name="task_output", summary="A task's result or error")
 async def task_output(task_id: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
     """The result of a completed task, or the error (with traceback) of a failed one."""
     task = services.store.get(task_id)
