@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,11 +168,14 @@ def bench_browser(folder: Path) -> list[dict[str, Any]]:
 
 def run(rows: int = 1_000_000) -> list[dict[str, Any]]:
     folder = Path(tempfile.mkdtemp(prefix="bench-etl-"))
-    connectors = bench_excel(folder) + bench_odbc(folder) + bench_browser(folder)
-    started = time.perf_counter()
-    generate(folder, rows)
-    generated = time.perf_counter() - started
-    took, peak, result = run_chain(folder)
+    try:
+        connectors = bench_excel(folder) + bench_odbc(folder) + bench_browser(folder)
+        started = time.perf_counter()
+        generate(folder, rows)
+        generated = time.perf_counter() - started
+        took, peak, result = run_chain(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # ~450 MB of generated inputs and outputs
     return [
         {"figure": "etl_generate_seconds", "value": generated, "unit": "s", "note": f"{rows:,} + {rows:,} rows"},
         {"figure": "etl_chain_seconds", "value": took, "unit": "s", "target": "<= 30",
