@@ -139,7 +139,7 @@ class Server:
             time.sleep(0.02)
 
     def task_file(self, task_id: str, timeout: float = 10) -> str:
-        """The text of the task's JSON file once it shows the ended task (it follows the store within ms)."""
+        """The text of the task's JSON file once it shows the ended task (it follows the store on a writer thread)."""
         ended = self.wait_for(task_id)["status"]
         path = self.storage / f"{task_id}.json"
         deadline = time.monotonic() + timeout

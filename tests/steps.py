@@ -1,4 +1,4 @@
-"""Running registered steps in-process, as a task's thread would, on a private copy of the samples."""
+"""Running registered steps in-process, as a task's thread would (the `dirs` fixture gives them private folders)."""
 
 from __future__ import annotations
 
