@@ -2,7 +2,7 @@
 
 from api.logs import logging_config
 from api.settings import SettingsError, settings_or_exit
-from api.startup import mark_worker_lost, prepare_storage
+from api.startup import StartupError, mark_worker_lost, prepare_storage
 
 _settings = settings_or_exit()
 
@@ -30,6 +30,9 @@ def on_starting(server):
     except SettingsError as exc:
         server.log.error("invalid settings: %s", exc)
         raise SystemExit(2) from None
+    except StartupError as exc:
+        server.log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
 
 
 def child_exit(server, worker):

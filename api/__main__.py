@@ -12,7 +12,7 @@ import sys
 
 from api.logs import logging_config
 from api.settings import CONNECTION_DRAIN_SECONDS, SettingsError, settings_or_exit
-from api.startup import prepare_storage
+from api.startup import StartupError, prepare_storage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"etl-task-api: invalid settings: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"etl-task-api: cannot start: {exc}", file=sys.stderr)
+        return 1
     if args.command == "serve":
         import uvicorn
 

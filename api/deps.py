@@ -15,7 +15,6 @@ from api.runner import Runner
 from api.scheduler import CleanupScheduler
 from api.settings import Settings
 from api.store import TaskStore
-from api.watch import TaskWatch
 
 
 @dataclass
@@ -28,7 +27,6 @@ class Services:
     scheduler: CleanupScheduler
     keys: KeyRing
     audit: AuditLog
-    watch: TaskWatch
 
 
 # Dependencies are async on purpose: a sync dependency is run in the thread pool, which costs

@@ -19,9 +19,13 @@ class ApiError(Exception):
 
     status_code = 500
 
-    def __init__(self, detail: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(self, detail: str | None = None, headers: dict[str, str] | None = None,
+                 retry_after_seconds: int | None = None, **extra: Any) -> None:
         self.detail = detail or (self.__doc__ or "").strip()
         self.headers = headers
+        self.retry_after_seconds = retry_after_seconds
+        if retry_after_seconds is not None:
+            self.headers = {**(headers or {}), "Retry-After": str(retry_after_seconds)}
         self.extra = extra
         super().__init__(self.detail)
 

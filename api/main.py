@@ -19,8 +19,7 @@ from api.routes import ops, tasks
 from api.runner import Runner
 from api.scheduler import CleanupScheduler
 from api.settings import Settings, SettingsError, get_settings, settings_or_exit
-from api.startup import make_store
-from api.watch import TaskWatch
+from api.store import make_store
 from etl import registry
 
 logger = logging.getLogger(__name__)
@@ -33,8 +32,6 @@ def build_services(settings: Settings) -> Services:
     """Open the store and start this worker's runner and scheduler (after fork, never at import)."""
     store = make_store(settings)
     store.open()
-    watch = TaskWatch()
-    store.on_change = watch.changed
     registry.load_steps()
     runner = Runner(store, settings)
     store.ensure_index(runner.worker.id)
@@ -43,7 +40,7 @@ def build_services(settings: Settings) -> Services:
                                  int(settings.task_logs_max_mb * 1024 * 1024))
     scheduler.start()
     audit = AuditLog(settings.storage_dir / "audit.log")
-    return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings), audit, watch)
+    return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings), audit)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

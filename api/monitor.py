@@ -9,8 +9,7 @@ from typing import Any
 
 from api.deps import Services
 from api.scheduler import LEASE_SECONDS
-from api.cache import K_CLEANUP
-from api.counters import DURATION_BUCKETS
+from api.store.counters import DURATION_BUCKETS
 from api.task import TaskStatus, parse_iso
 
 CACHE_READ_LIMIT_SECONDS = 2.0
@@ -37,7 +36,7 @@ def _storage_writable(services: Services) -> dict[str, Any]:
 def _cache_readable(services: Services) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        services.store.get_value(K_CLEANUP + "next")
+        services.store.cleanup_state()
         services.store.queued_count()
     except Exception as exc:
         return _check(False, f"task cache cannot be read: {exc}")
@@ -59,7 +58,7 @@ def _scheduler(services: Services) -> dict[str, Any]:
     scheduler = services.scheduler
     if not scheduler.alive or time.time() - scheduler.last_check > SCHEDULER_SILENT_SECONDS:
         return _check(False, "this worker's cleanup scheduler thread is not running")
-    next_run = services.store.get_value(K_CLEANUP + "next")
+    next_run = services.store.cleanup_state()["next"]
     if next_run is not None and time.time() > next_run + LEASE_SECONDS + 30:
         return _check(False, f"cleanup is overdue by {time.time() - next_run:.0f} s (no worker ran it)")
     return _check(True, "cleanup scheduler alive and on time")
@@ -141,7 +140,7 @@ def stats(services: Services) -> dict[str, Any]:
                     "disk_free_bytes": shutil.disk_usage(store.paths.root).free},
         "workers": workers,
         "tasks_started_per_worker": data["started_by"],
-        "last_cleanup": store.get_value(K_CLEANUP + "last"),
+        "last_cleanup": store.cleanup_state()["last"],
     }
 
 
@@ -187,7 +186,8 @@ def metrics(services: Services) -> str:
                {(("step", step),): hist for step, hist in sorted(data["durations"].items())})
     if data.get("queue_wait"):
         _histogram(lines, "etl_queue_wait_seconds", "Time from acceptance to start.", {(): data["queue_wait"]})
-    totals = store.get_value(K_CLEANUP + "totals", {"runs": 0, "removed": 0})
+    cleanup = store.cleanup_state()
+    totals = cleanup["totals"]
     family("etl_cleanup_runs_total", "counter", "Cleanup runs.", [({}, totals["runs"])])
     family("etl_cleanup_removed_total", "counter", "Tasks removed by cleanup.", [({}, totals["removed"])])
     family("etl_tasks_running", "gauge", "Tasks running on live workers.", [({}, store.live_running())])
@@ -197,7 +197,7 @@ def metrics(services: Services) -> str:
     family("etl_worker_heartbeat_timestamp_seconds", "gauge", "Last heartbeat of each worker.",
            [({"worker": f"{b['host']}:{b['pid']}", "alive": str(b["id"] in alive).lower()}, b.get("at", 0))
             for b in store.workers()])
-    last = store.get_value(K_CLEANUP + "last")
+    last = cleanup["last"]
     family("etl_cleanup_last_run_timestamp_seconds", "gauge", "When cleanup last ran.",
            [({}, parse_iso(last["at"]) if last else 0)])
     family("etl_cleanup_last_removed", "gauge", "Tasks removed by the last cleanup.",

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.errors import ShuttingDown
+from api.errors import ShuttingDown, StorageUnavailable
 from api.settings import Settings
 from api.store import TaskStore
 from api.workers import WorkerInfo
@@ -46,6 +46,7 @@ class LocalTask:
     started: float = field(default_factory=time.monotonic)
     stop_seen: float | None = None
     last_flush: float = 0.0
+    ending: bool = False  # the step returned; its end is being recorded
 
 
 class _TaskThreads:
@@ -93,6 +94,7 @@ class Runner:
         self._closing = threading.Event()
         self._loop_thread: threading.Thread | None = None
         self._threads = _TaskThreads()
+        self._unrecorded: dict[str, Callable[[], None]] = {}  # ends the store refused (disk full): retried
         self._log_handler = runtime.TaskLogHandler()
         self._log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self.abandoned = 0
@@ -131,7 +133,7 @@ class Runner:
         for item in local:
             if not item.done.is_set():
                 reason = "the worker shut down before the step finished"
-                self.store.finish(item.task_id, TaskStatus.FAILED, reason,
+                self.store.finish(item.task_id, TaskStatus.FAILED, reason, owner=self.worker.id,
                                   error={"type": "WorkerLost", "message": reason, "traceback": None})
                 logger.warning("task %s: interrupted by shutdown", item.task_id)
         self._wake.set()
@@ -145,8 +147,11 @@ class Runner:
 
     def submit(self, step_name: str, params: BaseModel, body: dict[str, Any],
                requested_by: dict[str, Any] | None, idempotency: tuple[str, str] | None,
-               rate: tuple[str, float] | None = None) -> tuple[Task, bool]:
-        """Admit a task for ``step_name`` (already validated); returns (task, replayed)."""
+               rate: tuple[str, float] | None = None, wait: bool = True) -> tuple[Task, bool]:
+        """Admit a task for ``step_name`` (already validated); returns (task, replayed).
+
+        ``wait=False``: StoreBusy rather than waiting for the store's write lock (event loop callers).
+        """
         if self._closing.is_set():
             raise ShuttingDown()
         task_id = new_task_id()
@@ -161,7 +166,7 @@ class Runner:
             log_file=str(self.store.paths.log_file(task_id)),
             requested_by=requested_by,
         )
-        task, replayed = self.store.submit(task, self.worker, idempotency, rate)
+        task, replayed = self.store.submit(task, self.worker, idempotency, rate, wait=wait)
         if not replayed:
             if task.status is TaskStatus.RUNNING:
                 self._launch(task)
@@ -211,8 +216,14 @@ class Runner:
                 logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, error["message"])
             logger.info("task %s: %s", task.task_id, status.value)
         context.close_log()
+        item.ending = True
         try:
             self._record_end(context, status, reason, result, error)
+        except StorageUnavailable as exc:
+            # The end is kept and retried by the control loop: the task must not stay "running".
+            logger.error("task %s: could not record its end (%s); retrying", task.task_id, exc.detail)
+            with self._lock:
+                self._unrecorded[task.task_id] = lambda: self._record_end(context, status, reason, result, error)
         except Exception:
             logger.exception("task %s: could not record its end", task.task_id)
         finally:
@@ -232,7 +243,8 @@ class Runner:
 
         if result is not None:
             result = secrets.mask_values(mask_secrets(result))
-        self.store.finish(context.task_id, status, reason, result=result, error=error, extra=extra)
+        self.store.finish(context.task_id, status, reason, result=result, error=error, extra=extra,
+                          owner=self.worker.id)
 
     # --- the control loop ----------------------------------------------------------------
 
@@ -251,6 +263,7 @@ class Runner:
                     last_sweep = now
                     self.store.sweep_dirty()
                 self._watch_tasks(now)
+                self._retry_unrecorded()
                 if not self._closing.is_set():
                     self._start_queued()
             except Exception:
@@ -262,17 +275,38 @@ class Runner:
 
     def _has_tasks(self) -> bool:
         with self._lock:
-            return bool(self._tasks)
+            return bool(self._tasks) or bool(self._unrecorded)
+
+    def _retry_unrecorded(self) -> None:
+        with self._lock:
+            pending = list(self._unrecorded.items())
+        for task_id, record in pending:
+            try:
+                record()
+            except StorageUnavailable:
+                return
+            with self._lock:
+                self._unrecorded.pop(task_id, None)
+            logger.info("task %s: its end is recorded", task_id)
 
     def _watch_tasks(self, now: float) -> None:
         with self._lock:
             local = list(self._tasks.values())
         if not local:
             return
-        pending = self.store.pending_stops([item.task_id for item in local])
+        orders = self.store.control([item.task_id for item in local], self.worker.id)
         for item in local:
             context = item.context
-            if item.task_id in pending and not context.stop_event.is_set():
+            order = orders.get(item.task_id)
+            if order == "lost" and not item.ending:
+                # Fencing: another process declared this worker lost and ended the task (this
+                # process was paused or cut off). The step must not run on; its end is not recorded.
+                logger.warning("task %s: no longer owned by this worker; aborting the step", item.task_id)
+                context.request_stop("lost")
+                with self._lock:
+                    self._tasks.pop(item.task_id, None)
+                continue
+            if order == "stop" and not context.stop_event.is_set():
                 logger.info("task %s: stop requested; telling the step", item.task_id)
                 context.request_stop("request")
             if not context.stop_event.is_set() and now - item.started > self.settings.task_timeout_seconds:
@@ -287,18 +321,18 @@ class Runner:
                 context.changed.clear()
                 item.last_flush = now
                 self.store.save_progress(item.task_id, context.progress, context.message, list(context.log_tail),
-                                         context.log_lines, list(context.artifacts))
+                                         context.log_lines, list(context.artifacts), owner=self.worker.id)
 
     def _abandon(self, item: LocalTask) -> None:
         """The step ignored the stop for the whole grace period: end the task, leave the thread."""
         grace = self.settings.stop_grace_seconds
         if item.context.stop_reason == "timeout":
             reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s and ignored the stop for {grace:g} s"
-            self.store.finish(item.task_id, TaskStatus.FAILED, reason,
+            self.store.finish(item.task_id, TaskStatus.FAILED, reason, owner=self.worker.id,
                               error={"type": "Timeout", "message": reason, "traceback": None})
         else:
             reason = f"the step did not stop within {grace:g} s; its thread was abandoned"
-            self.store.finish(item.task_id, TaskStatus.STOPPED, reason)
+            self.store.finish(item.task_id, TaskStatus.STOPPED, reason, owner=self.worker.id)
         logger.warning("task %s: %s", item.task_id, reason)
         with self._lock:
             self._tasks.pop(item.task_id, None)

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import Conflict
-from api.cache import K_CLEANUP
 from api.store import TaskStore
+from api.store.cleanup import LeaseLost
 from api.task import now_iso
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 LEASE = "cleanup"
 LEASE_SECONDS = 60.0
 CHECK_SECONDS = 1.0
-HISTORY_RUNS = 20
 
 
 class Schedule(BaseModel):
@@ -95,18 +94,17 @@ class CleanupScheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def schedule(self) -> Schedule:
-        data = self.store.get_value(K_CLEANUP + "schedule")
+        data = self.store.cleanup_state()["schedule"]
         return Schedule.model_validate(data) if data else self.default
 
     def set_schedule(self, schedule: Schedule) -> dict[str, Any]:
-        self.store.set_value(K_CLEANUP + "schedule", schedule.model_dump(exclude_none=True))
-        self.store.set_value(K_CLEANUP + "next", schedule.next_after(time.time()))
+        self.store.set_cleanup_schedule(schedule.model_dump(exclude_none=True), schedule.next_after(time.time()))
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
-        schedule = self.schedule()
-        last = self.store.get_value(K_CLEANUP + "last")
-        next_run = self.store.get_value(K_CLEANUP + "next")
+        state = self.store.cleanup_state()
+        schedule = Schedule.model_validate(state["schedule"]) if state["schedule"] else self.default
+        last, next_run = state["last"], state["next"]
         return {
             "mode": schedule.mode,
             **schedule.model_dump(exclude_none=True),
@@ -115,7 +113,7 @@ class CleanupScheduler:
             "last_removed": last["removed"] if last else None,
             "next_run": now_iso(next_run) if next_run else None,
             "lease": self.store.lease(LEASE),
-            "recent_runs": self.store.get_value(K_CLEANUP + "history", []),
+            "recent_runs": state["history"],
         }
 
     def run_now(self) -> dict[str, Any]:
@@ -124,11 +122,15 @@ class CleanupScheduler:
             raise Conflict("Cleanup is already running on another worker; try again in a moment.")
         try:
             return self._clean()
+        except LeaseLost as exc:
+            raise Conflict(f"Cleanup stopped: {exc}; another worker took over.") from None
         finally:
             self.store.release_lease(LEASE, self.owner)
 
     def _clean(self) -> dict[str, Any]:
         started = time.time()
+        # Each batch renews the lease; a renewal refused (another worker took over after a
+        # stall) ends the run, so two cleaners never overlap.
         outcome = self.store.expire(
             between_batches=lambda: self.store.acquire_lease(LEASE, self.owner, LEASE_SECONDS))
         outcome["logs_trimmed"] = self.store.trim_logs(self.logs_max_bytes)
@@ -137,13 +139,8 @@ class CleanupScheduler:
         run = {"at": now_iso(started), "ended_at": now_iso(), "removed": outcome["removed"],
                "freed_bytes": outcome["freed_bytes"], "duration_seconds": outcome["duration_seconds"],
                "worker": self.owner}
-        self.store.set_value(K_CLEANUP + "last", run)
-        history = self.store.get_value(K_CLEANUP + "history", [])
-        self.store.set_value(K_CLEANUP + "history", (history + [run])[-HISTORY_RUNS:])
-        totals = self.store.get_value(K_CLEANUP + "totals", {"runs": 0, "removed": 0})
-        self.store.set_value(K_CLEANUP + "totals", {"runs": totals["runs"] + 1,
-                                                    "removed": totals["removed"] + outcome["removed"]})
-        self.store.set_value(K_CLEANUP + "next", self.schedule().next_after(started))
+        if not self.store.record_cleanup_run(run, self.schedule().next_after(started), LEASE, self.owner):
+            raise LeaseLost("the cleanup lease was lost before the run was recorded")
         if outcome["removed"]:
             logger.info("cleanup removed %d expired task(s) in %.2f s", outcome["removed"], outcome["duration_seconds"])
         return outcome
@@ -153,17 +150,19 @@ class CleanupScheduler:
         while not self._stop.wait(check_every):
             self.last_check = time.time()
             try:
-                next_run = self.store.get_value(K_CLEANUP + "next")
+                next_run = self.store.cleanup_state()["next"]
                 if next_run is None:
-                    self.store.set_value(K_CLEANUP + "next", self.schedule().next_after(time.time()))
+                    self.store.set_cleanup_next(self.schedule().next_after(time.time()), only_if_unset=True)
                     continue
                 if time.time() < next_run or not self.store.acquire_lease(LEASE, self.owner, LEASE_SECONDS):
                     continue
                 try:
                     # Another worker may have cleaned between our read and the lease.
-                    if time.time() >= self.store.get_value(K_CLEANUP + "next", 0):
+                    if time.time() >= (self.store.cleanup_state()["next"] or 0):
                         self._clean()
                 finally:
                     self.store.release_lease(LEASE, self.owner)
+            except LeaseLost as exc:
+                logger.warning("cleanup stopped: %s", exc)
             except Exception:
                 logger.exception("cleanup scheduler error (will retry)")

@@ -7,33 +7,27 @@ import shutil
 import time
 
 from api.auth import KeyRing
+from api.errors import StorageUnavailable
 from api.settings import PROJECT_ROOT, Settings
-from api.cache import CacheCorrupt
-from api.store import TaskStore
+from api.store import make_store
+from api.store.cachedb import CacheCorrupt, CacheUnavailable
 
 logger = logging.getLogger(__name__)
 
 SUPPORT_README = PROJECT_ROOT / "task_storage" / "README.txt"
-
-
-def make_store(settings: Settings) -> TaskStore:
-    return TaskStore(
-        settings.storage_dir,
-        settings.work_dir,
-        settings.output_dir,
-        ttl_seconds=settings.task_ttl_seconds,
-        max_running=settings.max_concurrent_tasks,
-        max_queued=settings.max_queued_tasks,
-        worker_lost_after_seconds=settings.worker_lost_after_seconds,
-        cache_timeout_seconds=settings.cache_timeout_seconds,
-    )
-
-
 DIRTY_BATCH = 500
 
 
+class StartupError(Exception):
+    """The storage cannot be prepared (a clear one-line reason; the start exits non-zero)."""
+
+
 def prepare_storage(settings: Settings) -> None:
-    """Check the keys, create the folders, set aside a corrupt cache, rebuild the index from JSON."""
+    """Check the keys, create the folders, set aside a corrupt cache, rebuild the index from JSON.
+
+    Only a damaged database is moved aside; a full disk or a permission problem stops the start
+    with its reason and leaves the cache as it is.
+    """
     KeyRing.from_settings(settings)
     store = make_store(settings)
     try:
@@ -43,17 +37,23 @@ def prepare_storage(settings: Settings) -> None:
         logger.error("task cache is corrupt (%s); moving it to %s and rebuilding from the JSON files", exc, aside.name)
         settings.cache_dir.rename(aside)
         store.open()
+    except (CacheUnavailable, OSError) as exc:
+        raise StartupError(f"the task store cannot be opened: {exc} (nothing was changed; fix this and start again)")
     try:
         readme = settings.storage_dir / "README.txt"
         if not readme.exists() and SUPPORT_README.exists():
             shutil.copyfile(SUPPORT_README, readme)
         if not store.is_initialized():
-            store.ensure_index(owner="startup")
+            store.ensure_index(owner=f"startup:{time.time_ns()}")
         written = 0
         for _ in range(store.dirty_count() // DIRTY_BATCH + 1):
             written += store.sweep_dirty(older_than_seconds=0, limit=DIRTY_BATCH)
         if written:
             logger.info("wrote %d task file(s) that lagged behind the cache", written)
+        for bad in store.bad_files():
+            logger.warning("task file %s was skipped: %s", bad["file"], bad["reason"])
+    except StorageUnavailable as exc:
+        raise StartupError(f"the task store cannot be prepared: {exc.detail}") from None
     finally:
         store.close()
 

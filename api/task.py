@@ -108,6 +108,7 @@ class Task:
     requested_by: dict[str, Any] | None = None
     stopped_by: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    idempotency_fingerprint: str | None = None
     queue_key: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     rev: int = 0
@@ -123,6 +124,59 @@ class Task:
         values = {k: v for k, v in data.items() if k in _FIELD_NAMES}
         values["status"] = TaskStatus(values["status"])
         return cls(**values)
+
+    @classmethod
+    def from_file(cls, data: Any) -> Task:
+        """A record read from a task JSON file, checked field by field (ValueError naming the field).
+
+        Files are the durable record and support staff may edit them; a wrong type here must
+        not reach the index, where it would break /status or the start.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"the file holds a JSON {type(data).__name__}, not a task object")
+        for name in ("task_id", "step_name", "status", "created_at"):
+            if not isinstance(data.get(name), str):
+                raise ValueError(f"field {name!r} is missing or not text")
+        if not is_task_id(data["task_id"]):
+            raise ValueError("field 'task_id' is not a task id")
+        try:
+            status = TaskStatus(data["status"])
+        except ValueError:
+            raise ValueError(f"field 'status' is {data['status']!r}, not a task state") from None
+        for name in ("created_at", "started_at", "completed_at", "expires_at"):
+            value = data.get(name)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ValueError(f"field {name!r} is not an ISO-8601 time")
+                try:
+                    parse_iso(value)
+                except ValueError:
+                    raise ValueError(f"field {name!r} is not an ISO-8601 time") from None
+        if status.terminal and data.get("expires_at") is None:
+            raise ValueError("an ended task needs 'expires_at'")
+        worker = data.get("worker")
+        if worker is not None and not (isinstance(worker, dict) and isinstance(worker.get("host"), str)
+                                       and isinstance(worker.get("pid"), int)):
+            raise ValueError("field 'worker' must be {host, pid, ...} or null")
+        kinds = {"params": dict, "previous_outputs": dict, "custom_params": dict, "history": list,
+                 "log_tail": list, "artifacts": list, "progress": (int, float), "rev": int, "attempt": int,
+                 "log_lines": int, "stop_requested": bool, "message": str, "error": dict,
+                 "requested_by": dict, "stopped_by": dict, "duration_seconds": (int, float),
+                 "idempotency_key": str, "idempotency_fingerprint": str, "log_file": str}
+        for name, kind in kinds.items():
+            value = data.get(name)
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ValueError(f"field {name!r} has the wrong type ({type(value).__name__})")
+        if not all(isinstance(line, str) for line in data.get("log_tail") or []):
+            raise ValueError("field 'log_tail' must be a list of text lines")
+        if not all(isinstance(entry, dict) for entry in data.get("history") or []):
+            raise ValueError("field 'history' must be a list of objects")
+        task = cls.from_dict(data)
+        task.queue_key = None
+        return task
+
+    def expired(self, now: float | None = None) -> bool:
+        return bool(self.expires_at) and parse_iso(self.expires_at) <= (time.time() if now is None else now)
 
     def transition(self, status: TaskStatus, reason: str, ttl_seconds: float, at: float | None = None) -> None:
         """Move to ``status``, stamping times and appending to history (terminal states are final)."""

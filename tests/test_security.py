@@ -177,7 +177,7 @@ def test_health_names_each_failing_check(make_server, tmp_path):
 
 
 def test_health_fails_when_cleanup_is_overdue_or_the_cache_cannot_be_read(make_server, tmp_path):
-    from api.cache import K_CLEANUP
+    from api.store.keys import K_CLEANUP
     from api.scheduler import LEASE, LEASE_SECONDS
     from api.store import TaskStore
 
@@ -190,13 +190,13 @@ def test_health_fails_when_cleanup_is_overdue_or_the_cache_cannot_be_read(make_s
     try:
         # another owner holds the cleanup lease and the next run is long past: nobody can clean up
         assert store.acquire_lease(LEASE, "a-stuck-cleaner", 3600)
-        store.set_value(K_CLEANUP + "next", time.time() - LEASE_SECONDS - 120)
+        store.set_cleanup_next(time.time() - LEASE_SECONDS - 120)
         health = srv.client.get("/health")
         assert health.status_code == 503 and health.json()["failing"] == ["cleanup_scheduler"]
         assert "overdue" in health.json()["checks"]["cleanup_scheduler"]["detail"]
     finally:
         store.release_lease(LEASE, "a-stuck-cleaner")
-        store.set_value(K_CLEANUP + "next", time.time() + 3600)
+        store.set_cleanup_next(time.time() + 3600)
         store.close()
     assert srv.client.get("/health").status_code == 200
 

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from api.errors import Conflict, QueueFull, TaskNotFound
-from api.cache import K_TASK, CacheCorrupt, UnsafeCacheRow, open_cache
-from api.files import write_json_atomic
+from api.store.cachedb import CacheCorrupt, UnsafeCacheRow, open_cache
+from api.store.files import write_json_atomic
+from api.store.keys import K_TASK
 from api.store import TaskStore
-from api.watch import TaskWatch
 from api.workers import WorkerInfo
 from api.task import Task, TaskStatus, mask_secrets, new_task_id, now_iso
 
@@ -88,9 +88,9 @@ def test_stop_queued_and_running(store: TaskStore):
     assert stopped.status is TaskStatus.STOPPED and store.queued_count() == 0
     flagged = store.request_stop(running.task_id, None)
     assert flagged.status is TaskStatus.RUNNING and flagged.stop_requested
-    assert store.pending_stops([running.task_id, queued.task_id]) == {running.task_id}
+    assert store.control([running.task_id], ME.id) == {running.task_id: "stop"}
     store.finish(running.task_id, TaskStatus.STOPPED, "acknowledged")
-    assert store.pending_stops([running.task_id]) == set()
+    assert store.control([running.task_id], ME.id) == {running.task_id: "lost"}  # no longer running here
 
 
 def test_idempotency_key(store: TaskStore):
@@ -266,8 +266,7 @@ def test_a_file_left_behind_by_a_dead_writer_is_swept(store: TaskStore):
 
 
 def test_a_change_committed_by_another_thread_wakes_its_watchers_only(store: TaskStore):
-    watch = TaskWatch()
-    store.on_change = watch.changed
+    watch = store.watch
     task, other = _submit(store), _submit(store)
 
     async def wait_for_end() -> tuple[bool, bool]:
@@ -299,6 +298,6 @@ def test_the_writer_thread_writes_running_states_after_a_pause_and_ended_ones_at
     assert file_status(short) == "completed"
     assert file_status(long) == "running"  # a task that does not end soon still gets its file
     store.finish(long.task_id, TaskStatus.FAILED, "broke")
-    store._writer.flush()
+    store.flush_files()
     assert file_status(long) == "failed"
     assert store.sweep_dirty(older_than_seconds=0) == 0 and store.dirty_count() == 0  # nothing left to write

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import hashlib
 import json
-import time
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import Operator, ServicesDep, Viewer, client_of
 from api.errors import BadRequest, InvalidParameters, NotFound, WrongState, describe_field_errors, field_errors
+from api.store import StoreBusy
 from api.task import TaskStatus, is_task_id, mask_secrets
 from etl import registry
 from etl.errors import UnknownStep
@@ -22,8 +22,6 @@ from etl.errors import UnknownStep
 router = APIRouter()
 
 MAX_WAIT_SECONDS = 60
-WAIT_FIRST_POLL_SECONDS = 0.002
-WAIT_MAX_POLL_SECONDS = 0.05
 MAX_LOG_LINES = 5000
 STATUS_PATH = "/status/{task_id}"
 OUTPUT_PATH = "/output/{task_id}"
@@ -81,9 +79,13 @@ async def run_step(
         idempotency = (hashlib.sha256(scope.encode()).hexdigest(), hashlib.sha256(request_json.encode()).hexdigest())
     client = client_of(request)
     rate = (identity.name, services.settings.rate_limit_per_minute) if services.settings.rate_limit_per_minute else None
-    task, replayed = services.runner.submit(
-        step_name, params, body.model_dump(), identity.as_dict(client), idempotency, rate
-    )
+    submit = functools.partial(services.runner.submit, step_name, params, body.model_dump(),
+                               identity.as_dict(client), idempotency, rate)
+    try:
+        task, replayed = submit(wait=False)
+    except StoreBusy:
+        # Another process holds the write lock: wait for it off the event loop.
+        task, replayed = await anyio.to_thread.run_sync(functools.partial(submit, wait=True))
     services.audit.record("run", identity, client, task_id=task.task_id, step=step_name, replayed=replayed,
                           params=mask_secrets(task.params))
     links = _task_links(request, task.task_id)
@@ -103,22 +105,7 @@ async def task_status(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Long-poll: wait up to N s for a change.")] = 0,
 ) -> JSONResponse:
     """The task's state; with `wait`, answers as soon as its state or progress changes."""
-    task = services.store.get(task_id)
-    if wait and not task.status.terminal:
-        seen = (task.status, task.progress, task.stop_requested)
-        deadline = time.monotonic() + wait
-        pause = WAIT_FIRST_POLL_SECONDS
-        # A change made by this worker wakes the wait at once; one made by another worker is found
-        # by checks that start 2 ms apart and back off to 50 ms.
-        with services.watch.watch(task_id) as changed:
-            while (left := deadline - time.monotonic()) > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(pause, left))
-                changed.clear()
-                pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
-                task = services.store.get(task_id)
-                if (task.status, task.progress, task.stop_requested) != seen:
-                    break
+    task = await services.store.wait_change(task_id, wait) if wait else services.store.get(task_id)
     # A JSONResponse skips FastAPI's response validation and encoding: this is the hottest endpoint.
     return JSONResponse(task.status_view())
 
@@ -153,17 +140,7 @@ def task_logs(
 ) -> dict[str, Any]:
     """The task's log, from line `since` on."""
     task = services.store.get(task_id)
-    lines: list[str] = []
-    number = 0
-    try:
-        with open(services.store.paths.log_file(task_id), encoding="utf-8", errors="replace") as log:
-            for number, line in enumerate(log, 1):
-                if number > since:
-                    lines.append(line.rstrip("\n"))
-                    if len(lines) >= limit:
-                        break
-    except FileNotFoundError:
-        pass
+    lines = services.store.read_log(task_id, since, limit)
     next_line = since + len(lines)
     return {"task_id": task_id, "status": task.status.value, "since": since, "next": next_line,
             "lines": lines, "complete": task.status.terminal and len(lines) < limit}

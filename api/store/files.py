@@ -1,4 +1,4 @@
-"""The files of the store: atomic JSON writes, every path built from a validated id, the file writer."""
+"""The files of the local store: atomic JSON writes, every path built from a validated id, the file writer."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
         # orjson: UTF-8 with accents as they are, indented, and in C (the stdlib's indenting
         # encoder is pure Python and held the GIL long enough to delay every other thread).
         payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-        with open(tmp, "wb") as out:
+        # 0600 on POSIX like the folders (0700): task records may name clients and paths.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        with os.fdopen(fd, "wb") as out:
             out.write(payload)
             out.flush()
             os.fsync(out.fileno())

@@ -1,28 +1,19 @@
-"""The diskcache side of the store: a JSON-only disk, opening, key prefixes, range reads."""
+"""The diskcache side of the local store: a JSON-only disk, opening, and the range reads diskcache lacks.
+
+The only module that touches diskcache's SQL directly.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
-# Every key prefix of the cache.
-K_TASK = "task:"  # task:<id> -> the task record
-K_STATUS = "status:"  # status:<status>:<id> -> {"step", "owner"}; ids are UUIDv7, so keys sort by age
-K_EXPIRES = "expires:"  # expires:<epoch seconds, 14 digits>:<id> -> ""; what cleanup removes
-K_STOP = "stop:"  # stop:<id> -> {"at", "by"}; a pending stop request the owner polls
-K_IDEMPOTENCY = "idem:"  # idem:<key> -> {"task_id", "fingerprint"}
-K_WORKER = "worker:"  # worker:<worker id> -> heartbeat
-K_RATE = "rate:"  # rate:<key name> -> {"tokens", "at"}: the POST /run token bucket of one API key
-K_COUNTERS = "counters"  # the Counters document (api/counters.py)
-K_LEASE = "lease:"  # lease:<name> -> {"owner", "expires"}
-K_CLEANUP = "cleanup:"  # cleanup:schedule, cleanup:last, cleanup:next
-K_META = "meta:"  # meta:initialized, meta:rebuild
-K_DIRTY = "dirty:"  # dirty:<id> -> {"rev", "at"}: the task's JSON file lags the cache; cleared once written
-QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
+from api.store.keys import K_META
 
 CACHE_DB = "cache.db"
 RANGE_END = "\uffff"
@@ -33,7 +24,11 @@ class UnsafeCacheRow(Exception):
 
 
 class CacheCorrupt(Exception):
-    """The cache database cannot be opened or read."""
+    """The cache database is damaged (not a database, malformed, or holding unsafe rows)."""
+
+
+class CacheUnavailable(Exception):
+    """The cache database cannot be opened now (disk full, permissions, held locked); it is not damaged."""
 
 
 class JSONOnlyDisk(diskcache.Disk):
@@ -71,25 +66,44 @@ class JSONOnlyDisk(diskcache.Disk):
         raise UnsafeCacheRow(f"refusing to load a cache row of mode {mode} (only JSON is accepted)")
 
 
-def open_cache(directory: Path) -> diskcache.Cache:
-    """Open the cache directory (created if missing); CacheCorrupt if its database is unusable.
+def open_cache(directory: Path, busy_seconds: float = 10.0) -> diskcache.Cache:
+    """Open the cache directory (created if missing).
 
-    The SQLite busy timeout is 0: the store waits for the write lock itself, with a finer back-off.
+    CacheCorrupt if its database is unusable; CacheUnavailable if it cannot be opened now (disk
+    full, no permission, locked past ``busy_seconds``), which is never a reason to set it aside.
+    The SQLite busy timeout is 0: the store waits for the write lock itself, with a finer
+    back-off. Opening writes diskcache's settings, so workers that start together retry here
+    rather than fail to boot.
     """
-    try:
-        cache = diskcache.Cache(
-            str(directory),
-            timeout=0,
-            disk=JSONOnlyDisk,
-            eviction_policy="none",
-            cull_limit=0,
-            statistics=False,
-            tag_index=False,
-        )
-        cache.get(K_META + "initialized")
-        return cache
-    except (sqlite3.DatabaseError, UnsafeCacheRow, json.JSONDecodeError) as exc:
-        raise CacheCorrupt(f"{directory / CACHE_DB}: {exc}") from exc
+    deadline = time.monotonic() + busy_seconds
+    delay = 1e-3
+    while True:
+        try:
+            cache = diskcache.Cache(
+                str(directory),
+                timeout=0,
+                disk=JSONOnlyDisk,
+                eviction_policy="none",
+                cull_limit=0,
+                statistics=False,
+                tag_index=False,
+            )
+            cache.get(K_META + "initialized")
+            return cache
+        except diskcache.Timeout as exc:
+            error: Exception = exc
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise CacheUnavailable(f"{directory / CACHE_DB}: {exc}") from exc
+            error = exc
+        except OSError as exc:
+            raise CacheUnavailable(f"{directory / CACHE_DB}: {exc.strerror or exc}") from exc
+        except (sqlite3.DatabaseError, UnsafeCacheRow, json.JSONDecodeError) as exc:
+            raise CacheCorrupt(f"{directory / CACHE_DB}: {exc}") from exc
+        if time.monotonic() > deadline:
+            raise CacheUnavailable(f"{directory / CACHE_DB}: still locked after {busy_seconds:g} s ({error})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def key_range(cache: diskcache.Cache, prefix: str, *, before: str | None = None, after: str | None = None,

@@ -1,0 +1,16 @@
+"""Every key of the shared store, in one place (the task id in a key is always validated first)."""
+
+K_TASK = "task:"  # task:<id> -> the task record
+K_STATUS = "status:"  # status:<status>:<id> -> {"step", "owner"}; ids are UUIDv7, so keys sort by age
+K_EXPIRES = "expires:"  # expires:<epoch seconds, 14 digits>:<id> -> ""; what cleanup removes
+K_STOP = "stop:"  # stop:<id> -> {"at", "by"}; a pending stop request the owner polls
+K_IDEMPOTENCY = "idem:"  # idem:<key> -> {"task_id", "fingerprint"}
+K_WORKER = "worker:"  # worker:<worker id> -> heartbeat
+K_RATE = "rate:"  # rate:<key name> -> {"tokens", "at"}: the POST /run token bucket of one API key
+K_COUNTERS = "counters"  # the Counters document (counters.py)
+K_LEASE = "lease:"  # lease:<name> -> {"owner", "expires"}
+K_CLEANUP = "cleanup:"  # cleanup:schedule, cleanup:last, cleanup:next, cleanup:history, cleanup:totals
+K_META = "meta:"  # meta:initialized, meta:rebuild, meta:bad_files
+K_DIRTY = "dirty:"  # dirty:<id> -> {"rev", "at"}: the task's JSON file lags the cache; cleared once written
+QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
+K_STEP = "step:"  # step:<step name>:<id> -> "": every task of a step, newest last (GET /tasks?step=)

@@ -1,0 +1,465 @@
+"""The local store: diskcache as the shared index and coordination layer, one JSON file per task.
+
+Every key and every path is built from a validated task id (keys.py, files.py). All state
+changes happen in one diskcache transaction (SQLite ``BEGIN IMMEDIATE``), so every worker
+process on the machine sees the same truth; the JSON file follows each committed change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from api.errors import Conflict, QueueFull, RateLimited, StorageUnavailable, TaskNotFound
+from api.store.admission import Admission, admit
+from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache
+from api.store.cleanup import Cleanup
+from api.store.counters import Counters
+from api.store.files import FileWriter, StoragePaths
+from api.store.keys import (
+    K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_RATE, K_STATUS, K_STEP, K_STOP, K_TASK,
+    QUEUE_PREFIX,
+)
+from api.store.liveness import Liveness
+from api.store.mirror import TaskFiles
+from api.store.reading import Reading
+from api.store.watch import TaskWatch
+from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
+from api.workers import WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+# A queued or running state's file is written this long after the change, unless the task ends
+# first: then only the ended state is written. A no-op task's two writes (with their fsyncs)
+# were a quarter of its cost.
+FILE_SETTLE_SECONDS = 0.05
+QUEUE_FULL_RETRY_SECONDS = 5
+
+
+class StoreBusy(Exception):
+    """The write lock is taken and the caller asked not to wait (it retries off the event loop)."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc)
+
+
+class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
+    """All task state shared between worker processes."""
+
+    def __init__(
+        self,
+        root: Path,
+        work_root: Path,
+        output_root: Path,
+        *,
+        ttl_seconds: float,
+        max_running: int,
+        max_queued: int,
+        worker_lost_after_seconds: float,
+        cache_timeout_seconds: float = 10.0,
+    ) -> None:
+        self.paths = StoragePaths(root, work_root, output_root)
+        self.ttl_seconds = ttl_seconds
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self.worker_lost_after_seconds = worker_lost_after_seconds
+        self._cache_timeout = cache_timeout_seconds
+        self._cache: diskcache.Cache | None = None
+        self._db_identity: tuple[int, int] | None = None
+        self.lost_reason: str | None = None  # set once the cache database is found deleted or replaced
+        self._writer: FileWriter | None = None
+        self._write_lock = threading.RLock()
+        self._files_done: dict[str, int] = {}  # task id -> revision this process's writer put on disk
+        self.watch = TaskWatch()
+
+    # --- opening -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the folders and open the cache (in the process that will use it: after fork)."""
+        for folder in (self.paths.root, self.paths.logs_dir, self.paths.work_root, self.paths.cache_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.name == "posix":
+                with contextlib.suppress(OSError):
+                    folder.chmod(0o700)
+        self._cache = open_cache(self.paths.cache_dir, self._cache_timeout)
+        self._db_identity = self._identity()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.paths.cache_dir / CACHE_DB)
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def check_database(self) -> None:
+        """StorageUnavailable once the cache database file is gone or replaced under us.
+
+        Writes to a deleted SQLite file still succeed but are lost with the process, so from then
+        on nothing is accepted: a restart rebuilds the index from the task files.
+        """
+        if self.lost_reason is None and self._db_identity is not None and self._identity() != self._db_identity:
+            self.lost_reason = (f"the task cache {self.paths.cache_dir / CACHE_DB} was deleted or replaced while "
+                                "the server ran; restart the service to rebuild it from the task files")
+            logger.critical("%s", self.lost_reason)
+        if self.lost_reason is not None:
+            raise StorageUnavailable(f"The task store is unavailable: {self.lost_reason}.")
+
+    @property
+    def cache(self) -> diskcache.Cache:
+        if self._cache is None:
+            raise StorageUnavailable("The task store is not open.")
+        return self._cache
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except diskcache.Timeout as exc:
+            raise StorageUnavailable("The task store is busy (lock timeout); retry shortly.") from exc
+        except (sqlite3.OperationalError, OSError) as exc:
+            if _disk_full(exc):
+                raise StorageUnavailable("The storage disk is full; free space on it and retry.") from exc
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StorageUnavailable(f"The task store cannot be used: {exc}.") from exc
+            raise StorageUnavailable(f"The task storage cannot be written: {exc.strerror or exc}.") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self, wait: bool = True) -> Iterator[None]:
+        """One write transaction (re-entrant within a thread).
+
+        Threads of this process queue on a lock; other processes are waited for with a short
+        back-off. SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more, which dominated task
+        latency under contention, so the connection's busy timeout is 0 and the wait is ours.
+        With ``wait=False`` a taken lock raises StoreBusy at once (for callers on an event loop).
+        """
+        self.check_database()
+        if not self._write_lock.acquire(blocking=wait):
+            raise StoreBusy()
+        try:
+            with self._guard(), contextlib.ExitStack() as stack:
+                deadline = time.monotonic() + self._cache_timeout
+                delay = 50e-6
+                while True:
+                    try:
+                        stack.enter_context(self.cache.transact())
+                        break
+                    except diskcache.Timeout:
+                        if not wait:
+                            raise StoreBusy() from None
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(delay)
+                        delay = min(delay * 2, 2e-3)
+                yield
+        finally:
+            self._write_lock.release()
+
+    def _read(self, read: Callable[[], Any]) -> Any:
+        """Run a read, retrying briefly in the rare case SQLite reports the database busy."""
+        if self.lost_reason is not None:
+            self.check_database()
+        deadline = time.monotonic() + self._cache_timeout
+        delay = 50e-6
+        with self._guard():
+            while True:
+                try:
+                    return read()
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2e-3)
+
+    def _get(self, key: str, default: Any = None) -> Any:
+        return self._read(lambda: self.cache.get(key, default))
+
+    def _range(self, prefix: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        return self._read(lambda: key_range(self.cache, prefix, **kwargs))
+
+    def _count(self, prefix: str) -> int:
+        return self._read(lambda: key_count(self.cache, prefix))
+
+    # --- task records --------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task:
+        """The task, or TaskNotFound (also for a malformed or expired id)."""
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        data = self._get(K_TASK + task_id)
+        if data is None:
+            raise TaskNotFound()
+        task = Task.from_dict(data)
+        if task.expired():
+            raise TaskNotFound()
+        return task
+
+    def _load(self, task_id: str) -> Task | None:
+        data = self._get(K_TASK + task_id)
+        return Task.from_dict(data) if data is not None else None
+
+    def _counters(self) -> Counters:
+        return Counters(self.cache.get(K_COUNTERS))
+
+    def _save_counters(self, counters: Counters) -> None:
+        self.cache.set(K_COUNTERS, counters.data)
+
+    def _write(self, task: Task, previous: TaskStatus | None, counters: Counters | None = None,
+               file_current: bool = False) -> None:
+        """Store ``task`` and keep the indexes and counters in step (inside a transaction).
+
+        ``counters``: given when the caller saves them once for many writes; else updated here.
+        ``file_current``: the JSON file already holds this state (a rebuild), so it is not marked dirty.
+        """
+        cache = self.cache
+        task.rev += 1
+        cache.set(K_TASK + task.task_id, task.to_dict())
+        if not file_current:
+            cache.set(K_DIRTY + task.task_id, {"rev": task.rev, "at": time.time()})
+        if previous is task.status:
+            return
+        owner = task.worker["id"] if task.worker and task.status is TaskStatus.RUNNING else None
+        if previous is not None:
+            cache.delete(f"{K_STATUS}{previous.value}:{task.task_id}")
+        else:
+            cache.set(f"{K_STEP}{task.step_name}:{task.task_id}", "")
+        cache.set(f"{K_STATUS}{task.status.value}:{task.task_id}", {"step": task.step_name, "owner": owner})
+        own = counters is None
+        counters = self._counters() if own else counters
+        counters.moved(task.step_name, previous.value if previous else None, task.status.value)
+        if previous is None:
+            counters.submitted(task.step_name)
+        if task.status is TaskStatus.RUNNING and task.worker and task.started_at:
+            waited = max(0.0, parse_iso(task.started_at) - parse_iso(task.created_at))
+            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited)
+        if task.status.terminal:
+            cache.set(self._expiry_key(task), "")
+            counters.ended(task.step_name, task.status.value, task.duration_seconds)
+            if task.stop_requested:
+                cache.delete(K_STOP + task.task_id)
+        if own:
+            self._save_counters(counters)
+
+    @staticmethod
+    def _expiry_key(task: Task) -> str:
+        # Rounded up, so a task is never removed before its expires_at.
+        expires = math.ceil(parse_iso(task.expires_at) if task.expires_at else time.time())
+        return f"{K_EXPIRES}{expires:014d}:{task.task_id}"
+
+    def _sync_file(self, task: Task) -> None:
+        """After a committed change: bring the JSON file up to date (on the writer thread if there
+        is one, else now) and wake this process's long-polls."""
+        task_id = task.task_id
+        self.watch.changed(task_id)
+        if self._writer is not None:
+            self._writer.enqueue(task_id, 0.0 if task.status.terminal else FILE_SETTLE_SECONDS)
+        elif self.write_file(task_id) is not None:
+            with self._transaction():
+                self.cache.delete(K_DIRTY + task_id)
+
+    def update(self, task_id: str, change: Callable[[Task], bool]) -> Task | None:
+        """Apply ``change`` to the task in one transaction (it returns False to leave it as is)."""
+        with self._transaction():
+            task = self._load(task_id)
+            if task is None:
+                return None
+            previous = task.status
+            if not change(task):
+                return task
+            self._write(task, previous)
+        self._sync_file(task)
+        return task
+
+    # --- admission -----------------------------------------------------------------------
+
+    def live_running(self, alive: set[str] | None = None) -> int:
+        """Running tasks whose owner is alive (a dead owner's slot is free at once)."""
+        alive = self.alive_workers() if alive is None else alive
+        return sum(1 for _, index in self._range(f"{K_STATUS}running:") if index.get("owner") in alive)
+
+    def queued_count(self) -> int:
+        return self._count(QUEUE_PREFIX + "-")
+
+    def submit(self, task: Task, worker: WorkerInfo, idempotency: tuple[str, str] | None,
+               rate: tuple[str, float] | None = None, wait: bool = True) -> tuple[Task, bool]:
+        """Admit ``task``: running if a slot is free, queued if not, QueueFull beyond the queue limit.
+
+        Returns (task, replayed): with an idempotency (key, request fingerprint) seen before, the
+        earlier task and True; Conflict if that key came with a different request. An earlier
+        task that has expired no longer holds its key. With ``wait=False``, StoreBusy instead of
+        waiting for the write lock.
+        """
+        alive = self.alive_workers()  # process checks outside the lock
+        with self._transaction(wait):
+            cache = self.cache
+            if idempotency:
+                seen = cache.get(K_IDEMPOTENCY + idempotency[0])
+                earlier = self._load(seen["task_id"]) if seen is not None else None
+                if earlier is not None and not earlier.expired():
+                    if seen["fingerprint"] != idempotency[1]:
+                        raise Conflict("This Idempotency-Key was already used with a different request "
+                                       f"(task {earlier.task_id}); use a new key.", task_id=earlier.task_id)
+                    return earlier, True
+            if rate is not None:
+                self._take_token(*rate)
+            queued = self.queued_count()
+            task.history.append({"status": TaskStatus.QUEUED.value, "at": now_iso(), "reason": "accepted"})
+            decision = admit(ahead=queued, running=self.live_running(alive), max_running=self.max_running,
+                             max_queued=self.max_queued)
+            if decision is Admission.RUN:
+                self._start(task, worker, "started at once: a slot was free")
+            elif decision is Admission.QUEUE:
+                task.queue_key = cache.push(task.task_id, prefix=QUEUE_PREFIX)
+                task.message = "waiting for a free slot"
+            else:
+                raise QueueFull(f"The queue is full ({queued} tasks waiting, limit {self.max_queued}); retry later.",
+                                retry_after_seconds=QUEUE_FULL_RETRY_SECONDS)
+            if idempotency:
+                task.idempotency_key, task.idempotency_fingerprint = idempotency
+                self._remember_idempotency(task)
+            self._write(task, None)
+        # The commit went to the database file only if that file is still the one we opened.
+        self.check_database()
+        self._sync_file(task)
+        return task, False
+
+    def _remember_idempotency(self, task: Task) -> None:
+        self.cache.set(K_IDEMPOTENCY + task.idempotency_key,
+                       {"task_id": task.task_id, "fingerprint": task.idempotency_fingerprint})
+
+    def _take_token(self, bucket: str, per_minute: float) -> None:
+        """Token bucket per API key, in the shared store (inside the admission transaction)."""
+        key = K_RATE + bucket
+        now = time.time()
+        state = self.cache.get(key) or {"tokens": per_minute, "at": now}
+        tokens = min(per_minute, state["tokens"] + (now - state["at"]) * per_minute / 60.0)
+        if tokens < 1.0:
+            wait = math.ceil((1.0 - tokens) * 60.0 / per_minute)
+            raise RateLimited(f"Too many tasks started with this key (limit {per_minute:g} per minute); "
+                              f"retry in {wait} s.", retry_after_seconds=wait)
+        self.cache.set(key, {"tokens": tokens - 1.0, "at": now})
+
+    def _start(self, task: Task, worker: WorkerInfo, reason: str) -> None:
+        task.worker = worker.as_dict()
+        task.message = "running"
+        task.transition(TaskStatus.RUNNING, f"{reason} (worker {worker.host}:{worker.pid})", self.ttl_seconds)
+
+    def claim_next(self, worker: WorkerInfo) -> Task | None:
+        """Start the oldest queued task on ``worker`` if the global cap allows; None otherwise."""
+        if self.queued_count() == 0:
+            return None
+        alive = self.alive_workers()
+        with self._transaction():
+            running = self.live_running(alive)
+            if admit(ahead=0, running=running, max_running=self.max_running,
+                     max_queued=self.max_queued) is not Admission.RUN:
+                return None
+            while True:
+                key, task_id = self.cache.pull(prefix=QUEUE_PREFIX)
+                if key is None:
+                    return None
+                task = self._load(task_id)
+                if task is not None and task.status is TaskStatus.QUEUED:
+                    break
+            task.queue_key = None
+            self._start(task, worker, "a slot became free")
+            self._write(task, TaskStatus.QUEUED)
+        self._sync_file(task)
+        return task
+
+    # --- ending, stopping, progress --------------------------------------------------------
+
+    def finish(self, task_id: str, status: TaskStatus, reason: str, *, result: Any = None,
+               error: dict[str, Any] | None = None, extra: Callable[[Task], None] | None = None,
+               owner: str | None = None) -> Task | None:
+        """Move a task to a terminal state; a task already ended is left as it is.
+
+        ``owner``: the worker id that runs the task. Its outcome is recorded only while it still
+        owns the task (a fencing check): a worker declared lost cannot overwrite the verdict.
+        """
+
+        def change(task: Task) -> bool:
+            if task.status.terminal or (owner is not None and not self._owns(task, owner)):
+                return False
+            if extra:
+                extra(task)
+            task.result = result
+            task.error = error
+            task.message = reason
+            task.transition(status, reason, self.ttl_seconds)
+            return True
+
+        return self.update(task_id, change)
+
+    @staticmethod
+    def _owns(task: Task, owner: str) -> bool:
+        return task.status is TaskStatus.RUNNING and bool(task.worker) and task.worker.get("id") == owner
+
+    def request_stop(self, task_id: str, by: dict[str, Any] | None) -> Task:
+        """Stop a queued task now, or flag a running one for its owner; ended tasks are unchanged."""
+        self.get(task_id)
+
+        def change(task: Task) -> bool:
+            if task.status is TaskStatus.QUEUED:
+                if task.queue_key:
+                    self.cache.delete(task.queue_key)
+                task.stopped_by = by
+                task.stop_requested = True
+                task.message = "stopped before it started"
+                task.transition(TaskStatus.STOPPED, "stop requested while queued", self.ttl_seconds)
+                return True
+            if task.status is TaskStatus.RUNNING and not task.stop_requested:
+                task.stop_requested = True
+                task.stopped_by = by
+                task.message = "stop requested"
+                task.history.append({"status": task.status.value, "at": now_iso(), "reason": "stop requested"})
+                self.cache.set(K_STOP + task_id, {"at": time.time(), "by": by})
+                return True
+            return False
+
+        task = self.update(task_id, change)
+        if task is None:
+            raise TaskNotFound()
+        return task
+
+    def control(self, task_ids: list[str], owner: str) -> dict[str, str]:
+        """What the owner of ``task_ids`` must do: ``"stop"`` (a stop is pending) or ``"lost"``
+        (the task is no longer running under this owner: declared lost, or removed)."""
+        orders: dict[str, str] = {}
+        for task_id in task_ids:
+            index = self._get(f"{K_STATUS}running:{task_id}")
+            if index is None or index.get("owner") != owner:
+                orders[task_id] = "lost"
+            elif self._get(K_STOP + task_id) is not None:
+                orders[task_id] = "stop"
+        return orders
+
+    def save_progress(self, task_id: str, progress: float, message: str, log_tail: list[str],
+                      log_lines: int, artifacts: list[str], owner: str | None = None) -> None:
+        def change(task: Task) -> bool:
+            if task.status is not TaskStatus.RUNNING or (owner is not None and not self._owns(task, owner)):
+                return False
+            task.progress, task.message, task.log_tail = progress, message, log_tail
+            task.log_lines, task.artifacts = log_lines, artifacts
+            return True
+
+        self.update(task_id, change)
