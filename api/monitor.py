@@ -35,7 +35,10 @@ def _storage_writable(services: Services) -> dict[str, Any]:
 
 def _cache_readable(services: Services) -> dict[str, Any]:
     started = time.monotonic()
+    if services.store.lost_reason:
+        return _check(False, services.store.lost_reason)
     try:
+        services.store.check_database()
         services.store.cleanup_state()
         services.store.queued_count()
     except Exception as exc:
@@ -99,6 +102,15 @@ CHECKS = {
 }
 
 
+def _warnings(services: Services) -> list[str]:
+    """Problems that need a person but do not stop the service (health stays 200)."""
+    try:
+        bad = services.store.bad_files()
+    except Exception:
+        return []
+    return [f"task file {b['file']} was skipped when the index was rebuilt: {b['reason']}" for b in bad]
+
+
 def health(services: Services) -> tuple[bool, dict[str, Any]]:
     checks = {}
     for name, check in CHECKS.items():
@@ -107,7 +119,8 @@ def health(services: Services) -> tuple[bool, dict[str, Any]]:
         except Exception as exc:
             checks[name] = _check(False, f"check failed: {type(exc).__name__}")
     failing = [name for name, result in checks.items() if not result["ok"]]
-    return not failing, {"status": "failing" if failing else "ok", "failing": failing, "checks": checks}
+    return not failing, {"status": "failing" if failing else "ok", "failing": failing, "checks": checks,
+                         "warnings": _warnings(services)}
 
 
 def stats(services: Services) -> dict[str, Any]:

@@ -53,3 +53,40 @@ def make_server(tmp_path: Path) -> Iterator:
     yield make
     for srv in started:
         srv.stop()
+
+
+# Markers, so a change can be checked without everything: `tests/run.sh -m "not server"` runs the
+# in-process tests only (the store, steps, expressions) in seconds.
+MARKERS = {
+    "server": "starts real Gunicorn/Uvicorn servers (seconds per test)",
+    "browser": "drives real headless Chromium (Debian chromium, chromium-driver)",
+    "odbc": "loads through the real SQLite ODBC driver (Debian unixodbc, libsqliteodbc)",
+}
+BROWSER_MODULES = {"test_portals"}
+ODBC_MODULES = {"test_backoffice"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"server", "make_server"} or "Server(" in _source(item):
+            item.add_marker(pytest.mark.server)
+        if module in BROWSER_MODULES:
+            item.add_marker(pytest.mark.browser)
+        if module in ODBC_MODULES:
+            item.add_marker(pytest.mark.odbc)
+
+
+def _source(item: pytest.Item) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(item.function)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError):
+        return ""

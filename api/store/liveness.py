@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from api.errors import StorageUnavailable
 from api.store.keys import K_LEASE, K_STATUS, K_WORKER
 from api.task import TaskStatus
 from api.workers import HOSTNAME, HUNG_AFTER_FACTOR, WorkerInfo, process_alive, process_created
@@ -23,6 +25,8 @@ class Liveness:
 
     def heartbeat(self: TaskStore, worker: WorkerInfo, **extra: Any) -> None:
         created = process_created(worker.pid)
+        with contextlib.suppress(StorageUnavailable):
+            self.check_database()  # found here within a heartbeat even when no task is submitted
         with self._transaction():
             self.cache.set(K_WORKER + worker.id, {**worker.as_dict(), "at": time.time(), "created": created, **extra})
 

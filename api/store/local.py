@@ -115,7 +115,9 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         """StorageUnavailable once the cache database file is gone or replaced under us.
 
         Writes to a deleted SQLite file still succeed but are lost with the process, so from then
-        on nothing is accepted: a restart rebuilds the index from the task files.
+        on no task is admitted or started (submit and claim_next call this). Tasks already
+        running still record their end through the open connection, and their JSON files (the
+        durable record) follow, so a restart rebuilds the index with their true outcome.
         """
         if self.lost_reason is None and self._db_identity is not None and self._identity() != self._db_identity:
             self.lost_reason = (f"the task cache {self.paths.cache_dir / CACHE_DB} was deleted or replaced while "
@@ -152,7 +154,6 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         latency under contention, so the connection's busy timeout is 0 and the wait is ours.
         With ``wait=False`` a taken lock raises StoreBusy at once (for callers on an event loop).
         """
-        self.check_database()
         if not self._write_lock.acquire(blocking=wait):
             raise StoreBusy()
         try:
@@ -176,8 +177,6 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
 
     def _read(self, read: Callable[[], Any]) -> Any:
         """Run a read, retrying briefly in the rare case SQLite reports the database busy."""
-        if self.lost_reason is not None:
-            self.check_database()
         deadline = time.monotonic() + self._cache_timeout
         delay = 50e-6
         with self._guard():
@@ -308,6 +307,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         task that has expired no longer holds its key. With ``wait=False``, StoreBusy instead of
         waiting for the write lock.
         """
+        self.check_database()
         alive = self.alive_workers()  # process checks outside the lock
         with self._transaction(wait):
             cache = self.cache
@@ -367,6 +367,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         """Start the oldest queued task on ``worker`` if the global cap allows; None otherwise."""
         if self.queued_count() == 0:
             return None
+        self.check_database()
         alive = self.alive_workers()
         with self._transaction():
             running = self.live_running(alive)
