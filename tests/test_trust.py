@@ -391,3 +391,27 @@ def test_store_refuses_to_admit_once_its_database_is_gone(tmp_path):
     with pytest.raises(StorageUnavailable, match="deleted"):
         store.submit(_task(), ME, None)
     store.close()
+
+
+def test_10_a_worker_paused_past_its_limit_resumes_aborts_its_step_and_keeps_the_verdict(make_server, tmp_path):
+    """SIGSTOP, declared lost by the others, SIGCONT: the step must not run on to completion."""
+    import signal
+
+    srv: Server = make_server(tmp_path / "task_storage", workers=2, heartbeat_interval_seconds=0.2,
+                              worker_lost_after_seconds=0.5)
+    task_id = srv.run("diag_sleep", seconds=20)["task_id"]
+    owner = srv.wait_for(task_id, {"running"})["worker"]["pid"]
+    os.kill(owner, signal.SIGSTOP)
+    try:
+        lost = srv.wait_for(task_id, timeout=40)
+    finally:
+        os.kill(owner, signal.SIGCONT)
+    assert lost["status"] == "failed" and lost["error"]["type"] == "WorkerLost"
+    deadline = time.monotonic() + 10
+    while "no longer owned by this worker" not in srv.log_text():
+        assert time.monotonic() < deadline, "the resumed worker did not abort its step"
+        time.sleep(0.1)
+    time.sleep(1)
+    final = srv.status(task_id)
+    assert final["status"] == "failed" and final["error"]["type"] == "WorkerLost"
+    assert [h["status"] for h in final["history"]] == ["queued", "running", "failed"]
