@@ -35,6 +35,8 @@ EXIT_INTERRUPTED = 130
 
 BY_STATUS = {"completed": EXIT_COMPLETED, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED}
 BAR_WIDTH = 30
+# Without --timeout, a command keeps retrying an unreachable server this long (a restart takes seconds).
+RETRY_FOR_SECONDS = 60.0
 
 
 class Usage(Exception):
@@ -136,11 +138,12 @@ def _finish(out: Output, task: Task, show_result: bool = True) -> int:
     return BY_STATUS[status]
 
 
-def _watch(out: Output, task: Task, timeout: float | None, *, logs: bool, since: int = 0) -> int:
+def _watch(out: Output, task: Task, timeout: float | None, *, logs: bool, since: int = 0,
+           show_result: bool = True) -> int:
     """Wait for the task to end: long-polls, plus log lines (``logs``) and the bar on a terminal."""
     if not logs and not out.bar:
         task.wait(timeout)
-        return _finish(out, task)
+        return _finish(out, task, show_result)
     for event in task.follow(since=since, timeout=timeout):
         if event.type == "log":
             if logs:
@@ -155,7 +158,7 @@ def _watch(out: Output, task: Task, timeout: float | None, *, logs: bool, since:
     out.clear_bar()
     if task.status not in TERMINAL:  # an event stream that ended without the final state
         task.refresh()
-    return _finish(out, task)
+    return _finish(out, task, show_result)
 
 
 def _remaining(started: float, timeout: float | None) -> float | None:
@@ -209,7 +212,7 @@ def cmd_output(client: Client, out: Output, args: argparse.Namespace) -> int:
 
 def cmd_logs(client: Client, out: Output, args: argparse.Namespace) -> int:
     if args.follow:
-        return _watch(out, client.task(args.task_id), args.timeout, logs=True, since=args.since)
+        return _watch(out, client.task(args.task_id), args.timeout, logs=True, since=args.since, show_result=False)
     since = args.since
     while True:
         page = client.logs(args.task_id, since)
@@ -225,7 +228,7 @@ def cmd_stop(client: Client, out: Output, args: argparse.Namespace) -> int:
     if not args.wait:
         out.data(answer) if out.json else out.line(f"{args.task_id}  {answer['status']}  {answer.get('detail', '')}")
         return EXIT_COMPLETED
-    return _watch(out, client.task(args.task_id), args.timeout, logs=False)
+    return _watch(out, client.task(args.task_id), args.timeout, logs=False, show_result=False)
 
 
 def cmd_tasks(client: Client, out: Output, args: argparse.Namespace) -> int:
@@ -296,21 +299,22 @@ The service itself starts with `python -m api serve` (or `prepare` to ready the 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # The common options go before or after the command; SUPPRESS keeps a subcommand's unset
+    # option from overwriting one given before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--url", help=f"the server (env ETL_URL; default {DEFAULT_URL})")
     common.add_argument("--api-key", help="the API key (env ETL_API_KEY)")
     common.add_argument("--json", action="store_true", help="machine output: one JSON document per line")
+    common.add_argument("--timeout", type=float, metavar="S",
+                        help="give up after S seconds: retries of an unreachable server, and waiting (exit 4; "
+                             "the task keeps running)")
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.splitlines()[0], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def timeout(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--timeout", type=float, metavar="S",
-                       help="give up waiting after S seconds (exit 4; the task keeps running)")
 
     run = add("run", "start a step; print its task id, or wait for its end")
     run.add_argument("step")
@@ -320,22 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true", help="wait for the end; exit code by outcome")
     run.add_argument("--follow", "-f", action="store_true", help="wait and print the log lines as they come")
     run.add_argument("--idempotency-key", help="reuse to make a re-run of this command return the same task")
-    timeout(run)
     wait = add("wait", "wait for a task to end; exit code by outcome")
     wait.add_argument("task_id")
     wait.add_argument("--follow", "-f", action="store_true", help="print the log lines as they come")
-    timeout(wait)
     add("status", "a task's state").add_argument("task_id")
     add("output", "a task's result (or error); exit code by outcome").add_argument("task_id")
     logs = add("logs", "a task's log lines")
     logs.add_argument("task_id")
     logs.add_argument("--since", type=int, default=0, metavar="N", help="skip the first N lines")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the task ends")
-    timeout(logs)
     stop = add("stop", "ask a task to stop")
     stop.add_argument("task_id")
     stop.add_argument("--wait", action="store_true", help="wait until it ended; exit code by outcome")
-    timeout(stop)
     tasks = add("tasks", "list tasks, newest first")
     tasks.add_argument("--status", choices=["queued", "running", "completed", "failed", "stopped"])
     tasks.add_argument("--step")
@@ -360,12 +360,14 @@ def _fail(out: Output, code: int, exc: Exception, **extra: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name, default in (("url", None), ("api_key", None), ("json", False), ("timeout", None)):
+        setattr(args, name, getattr(args, name, default))
     out = Output(args.json)
     url = args.url or os.environ.get("ETL_URL") or DEFAULT_URL
     api_key = args.api_key or os.environ.get("ETL_API_KEY") or None
     task_id = getattr(args, "task_id", None)
     try:
-        with Client(url, api_key) as client:
+        with Client(url, api_key, retry_for=args.timeout or RETRY_FOR_SECONDS) as client:
             return COMMANDS[args.command](client, out, args)
     except Usage as exc:
         return _fail(out, EXIT_USAGE, exc)
