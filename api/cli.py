@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api import client_errors as errors
-from api.client import DEFAULT_URL, TERMINAL, Client, Task
+from api.client import errors
+from api.client import DEFAULT_URL, Client, Task
+from api.client.retry import TERMINAL
 
 # Stable exit codes (README "Client and command line" documents them): scripts branch on them.
 EXIT_COMPLETED = 0

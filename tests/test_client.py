@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import os
@@ -269,3 +270,57 @@ def test_cli_follow_prints_every_log_line_of_a_running_task_in_order(server):
     printed = run.stdout.splitlines()
     assert printed[:len(logged)] == logged  # then the result document
     assert json.loads("\n".join(printed[len(logged):])) == {"slept_seconds": pytest.approx(1, abs=0.5)}
+
+
+def test_the_client_and_cli_import_nothing_of_the_server():
+    # A script host may have only httpx: the client path must not need FastAPI, diskcache or pandas.
+    blocked = ("fastapi", "starlette", "diskcache", "pandas", "pydantic", "pydantic_settings", "uvicorn", "etl",
+               "api.settings", "api.store", "api.main")
+    code = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
+            "from api.client import Client\nimport api.cli, api.__main__\nprint('imported')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+
+
+class EventStream(http.server.BaseHTTPRequestHandler):
+    """GET /events/{id} as the event stream is specified (status/progress/log/end, Last-Event-ID resume).
+
+    A stand-in because the service does not serve that stream yet: the first connection breaks
+    after two events, the resumed one must say where it stopped.
+    """
+
+    seen_last_ids: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server spelling)
+        last = self.headers.get("Last-Event-ID")
+        self.seen_last_ids.append(last)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        if last is None:
+            events = [("status", 1, {"status": "running", "progress": 0}), ("log", 2, {"line": 1, "text": "um"})]
+        else:
+            events = [("log", 3, {"line": 2, "text": "dois"}), ("progress", 4, {"progress": 100.0}),
+                      ("end", 5, {"status": "completed", "output": {"ok": True}})]
+        for kind, number, data in events:
+            self.wfile.write(f": keep-alive\nevent: {kind}\nid: {number}\ndata: {json.dumps(data)}\n\n".encode())
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_follow_reads_the_event_stream_and_resumes_it_after_a_break():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EventStream)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{httpd.server_address[1]}") as client:
+            events = list(client.follow("00000000-0000-7000-8000-000000000001", timeout=20))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [(e.type, e.id) for e in events] == [("status", "1"), ("log", "2"), ("log", "3"), ("progress", "4"),
+                                                ("end", "5")]
+    assert [e.text for e in events if e.type == "log"] == ["um", "dois"]
+    assert EventStream.seen_last_ids == [None, "2"]

@@ -1,6 +1,6 @@
 """The client's exceptions: one base class, one subclass per answer a script handles differently.
 
-Imported by ``api.client``; like it, this module needs nothing but the standard library.
+Like the rest of ``api.client``, this module needs nothing but the standard library.
 """
 
 from __future__ import annotations
