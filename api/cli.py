@@ -51,6 +51,7 @@ class Output:
         self.json = as_json
         self.bar = not as_json and sys.stderr.isatty()
         self._bar_len = 0
+        self._last: dict[str, Any] | None = None
 
     def data(self, value: Any) -> None:
         """A JSON document on stdout (ASCII-escaped with --json: safe through any Windows code page)."""
@@ -61,8 +62,12 @@ class Output:
             print(json.dumps(value, ensure_ascii=False, indent=2, default=str), flush=True)
 
     def line(self, text: str) -> None:
+        """A line on stdout; the progress bar, if shown, is redrawn below it."""
+        shown = self._bar_len
         self.clear_bar()
         print(text, flush=True)
+        if shown and self._last is not None:
+            self.progress(self._last)
 
     def note(self, text: str) -> None:
         if not self.json:
@@ -72,6 +77,7 @@ class Output:
     def progress(self, state: dict[str, Any]) -> None:
         if not self.bar:
             return
+        self._last = state
         percent = float(state.get("progress") or 0)
         filled = round(BAR_WIDTH * percent / 100)
         text = (f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:5.1f}% {state.get('status', '')}"
@@ -205,9 +211,11 @@ def cmd_output(client: Client, out: Output, args: argparse.Namespace) -> int:
         out.data(answer)
     elif answer["status"] == "completed":
         out.data(answer.get("result"))
+    elif answer.get("error"):
+        error = answer["error"]
+        out.line(error.get("traceback") or f"{error.get('type')}: {error.get('message')}")
     else:
-        error = answer.get("error") or {}
-        out.line(error.get("traceback") or f"{error.get('type')}: {error.get('message') or answer.get('message')}")
+        out.line(f"{answer['status']}: {answer.get('message') or ''}")
     return BY_STATUS[answer["status"]]
 
 
@@ -360,6 +368,11 @@ def _fail(out: Output, code: int, exc: Exception, **extra: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A redirected stream on Windows is in the ANSI code page: a character it lacks must not
+        # end the command with a traceback after the task ran.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     for name, default in (("url", None), ("api_key", None), ("json", False), ("timeout", None)):
         setattr(args, name, getattr(args, name, default))
