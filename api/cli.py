@@ -163,8 +163,8 @@ def _watch(out: Output, task: Task, timeout: float | None, *, logs: bool, since:
             if out.json and logs:
                 out.data({"type": event.type, **event.data})
     out.clear_bar()
-    if task.status not in TERMINAL:  # an event stream that ended without the final state
-        task.refresh()
+    if task.status not in TERMINAL or task.client.uses_event_stream:
+        task.refresh()  # an event's end state may be shorter than /status (error, output, duration)
     return _finish(out, task, show_result)
 
 

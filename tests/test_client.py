@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from api.client import Client, InvalidParameters, NotFound, TaskFailed, WaitTimeout
+from api.client import Client, Conflict, Forbidden, InvalidParameters, NotFound, TaskFailed, Unauthorized, WaitTimeout
+from api.client.retry import backoff, parse_retry_after
 from tests.server import ROOT, Server
 
 pytestmark = pytest.mark.timeout(180)
@@ -122,6 +123,36 @@ def test_client_mistakes_raise_typed_errors_with_the_servers_detail(server):
             client.run("no_such_step")
         with pytest.raises(NotFound):
             client.status("00000000-0000-7000-8000-000000000000")
+        done = client.run("diag_noop", wait=True, timeout=30)
+        with pytest.raises(Conflict, match="already completed"):
+            done.stop()
+        with pytest.raises(Conflict, match="different request"):
+            key = uuid.uuid4().hex
+            client.run("diag_noop", {"n": "1"}, idempotency_key=key)
+            client.run("diag_noop", {"n": "2"}, idempotency_key=key)
+
+
+def test_keys_and_roles_raise_typed_errors_and_exit_6(make_server):
+    srv = make_server(api_keys="viewer:v-key-123456,operator:o-key-123456",
+                      probe_headers={"Authorization": "Bearer v-key-123456"})
+    with Client(srv.url) as anonymous, pytest.raises(Unauthorized):
+        anonymous.run("diag_noop")
+    with Client(srv.url, api_key="v-key-123456") as viewer, pytest.raises(Forbidden, match="role"):
+        viewer.run("diag_noop")
+    with Client(srv.url, api_key="o-key-123456") as operator:
+        assert operator.run("diag_noop", {"a": "b"}, wait=True, timeout=30).result() == {"a": "b"}
+    assert cli(srv, "run", "diag_noop", "--api-key", "v-key-123456").returncode == 6
+    assert cli(srv, "run", "diag_noop", "--api-key", "o-key-123456", "--wait").returncode == 0
+
+
+def test_backoff_never_comes_before_retry_after():
+    assert parse_retry_after("5") == 5.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: at once
+    assert 55 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 60
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert all(5.0 <= backoff(attempt, 5.0) <= 5.5 for attempt in range(10))
+    delays = [backoff(attempt, None) for attempt in range(12)]
+    assert all(0.05 <= d <= 10.0 for d in delays) and max(delays[6:]) > 1.0
 
 
 def test_a_lost_submit_answer_is_retried_and_starts_exactly_one_task(server):

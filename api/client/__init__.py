@@ -60,6 +60,11 @@ class Client:
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._sse: bool | None = None  # whether the server has GET /events/{id}; learnt on first use
 
+    @property
+    def uses_event_stream(self) -> bool | None:
+        """Whether following reads the server's event stream (None until a task was followed)."""
+        return self._sse
+
     def close(self) -> None:
         self._http.close()
 
@@ -79,6 +84,8 @@ class Client:
         while True:
             budget = self.timeout if read_timeout is None else read_timeout
             left = give_up - time.monotonic()
+            if deadline is not None:  # a server that hangs must not hold the caller past its timeout
+                budget = min(budget, max(0.1, left) + 1.0)
             timeout = httpx.Timeout(budget, connect=max(0.1, min(self.timeout, left)))
             error: ApiError | None = None
             try:
@@ -95,7 +102,7 @@ class Client:
                 error = error_for(response.status_code, json_body(response), dict(response.headers))
                 if response.status_code not in RETRY_STATUSES:
                     raise error
-                problem, retry_after, cause = f"{response.status_code}: {error.detail}", None, None
+                problem, cause = f"{response.status_code}: {error.detail}", None
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             delay = backoff(attempt, retry_after)
             left = give_up - time.monotonic()
