@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api.client import errors
-from api.client import DEFAULT_URL, Client, Task
+from api.cli_output import Output
+from api.client import DEFAULT_URL, Client, Task, errors
 from api.client.retry import TERMINAL
 
 # Stable exit codes (README "Client and command line" documents them): scripts branch on them.
@@ -35,63 +35,12 @@ EXIT_SERVER_ERROR = 11
 EXIT_INTERRUPTED = 130
 
 BY_STATUS = {"completed": EXIT_COMPLETED, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED}
-BAR_WIDTH = 30
 # Without --timeout, a command keeps retrying an unreachable server this long (a restart takes seconds).
 RETRY_FOR_SECONDS = 60.0
 
 
 class Usage(Exception):
     """The command line is wrong."""
-
-
-class Output:
-    """Where results go: stdout (data), stderr (messages and the progress bar)."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.json = as_json
-        self.bar = not as_json and sys.stderr.isatty()
-        self._bar_len = 0
-        self._last: dict[str, Any] | None = None
-
-    def data(self, value: Any) -> None:
-        """A JSON document on stdout (ASCII-escaped with --json: safe through any Windows code page)."""
-        self.clear_bar()
-        if self.json:
-            print(json.dumps(value, ensure_ascii=True, default=str), flush=True)
-        else:
-            print(json.dumps(value, ensure_ascii=False, indent=2, default=str), flush=True)
-
-    def line(self, text: str) -> None:
-        """A line on stdout; the progress bar, if shown, is redrawn below it."""
-        shown = self._bar_len
-        self.clear_bar()
-        print(text, flush=True)
-        if shown and self._last is not None:
-            self.progress(self._last)
-
-    def note(self, text: str) -> None:
-        if not self.json:
-            self.clear_bar()
-            print(text, file=sys.stderr, flush=True)
-
-    def progress(self, state: dict[str, Any]) -> None:
-        if not self.bar:
-            return
-        self._last = state
-        percent = float(state.get("progress") or 0)
-        filled = round(BAR_WIDTH * percent / 100)
-        text = (f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:5.1f}% {state.get('status', '')}"
-                f"  {state.get('message') or ''}")[:120]
-        # \r and padding rather than ANSI codes: older Windows consoles print those literally.
-        sys.stderr.write("\r" + text.ljust(self._bar_len))
-        sys.stderr.flush()
-        self._bar_len = len(text)
-
-    def clear_bar(self) -> None:
-        if self._bar_len:
-            sys.stderr.write("\r" + " " * self._bar_len + "\r")
-            sys.stderr.flush()
-            self._bar_len = 0
 
 
 # --- parameters ----------------------------------------------------------------------------------
