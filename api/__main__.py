@@ -1,46 +1,26 @@
-"""Launcher: ``python -m api prepare`` readies the storage; ``python -m api serve`` also starts Uvicorn.
+"""``python -m api prepare|serve`` starts the service; every other command is the client CLI (api.cli).
 
 ``serve`` is how Windows runs the service (Gunicorn does not run there); on Linux and macOS
-start_server.sh runs Gunicorn with gunicorn.conf.py instead.
+start_server.sh runs Gunicorn with gunicorn.conf.py instead. The client commands import only
+``api.cli`` and ``api.client`` (httpx), never the server.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging.config
 import sys
 
-from api.logs import logging_config
-from api.settings import CONNECTION_DRAIN_SECONDS, SettingsError, settings_or_exit
-from api.startup import StartupError, prepare_storage
+SERVER_COMMANDS = ("prepare", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["prepare", "serve"])
-    args = parser.parse_args(argv)
-    settings = settings_or_exit()
-    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
-    try:
-        prepare_storage(settings)
-    except SettingsError as exc:
-        print(f"etl-task-api: invalid settings: {exc}", file=sys.stderr)
-        return 2
-    except StartupError as exc:
-        print(f"etl-task-api: cannot start: {exc}", file=sys.stderr)
-        return 1
-    if args.command == "serve":
-        import uvicorn
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SERVER_COMMANDS:
+        from api.launcher import main as launch
 
-        uvicorn.run(
-            "api.main:app",
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_config=logging_config(settings.log_level, settings.log_format),
-            timeout_graceful_shutdown=CONNECTION_DRAIN_SECONDS,
-        )
-    return 0
+        return launch(argv)
+    from api.cli import main as cli
+
+    return cli(argv)
 
 
 if __name__ == "__main__":

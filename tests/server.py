@@ -30,11 +30,11 @@ class Server:
     """One server process tree with its own storage folder."""
 
     def __init__(self, storage: Path, *, kind: str = "gunicorn", workers: int = 4,
-                 probe_headers: dict[str, str] | None = None, **settings: Any) -> None:
+                 probe_headers: dict[str, str] | None = None, port: int | None = None, **settings: Any) -> None:
         self.storage = storage
         self.kind = kind
         self.workers = workers
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: a restart on the address clients already use
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
         self.env.update({

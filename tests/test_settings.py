@@ -59,6 +59,6 @@ def test_the_windows_launcher_needs_neither_gunicorn_nor_posix_modules():
     # are not there on Windows, so nothing on that path may import them.
     blocked = ("fcntl", "pwd", "grp", "gunicorn", "uvicorn_worker", "uvloop")
     code = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
-            "import api.__main__, api.main\nfrom etl import registry\nregistry.load_steps()\nprint('imported')")
+            "import api.__main__, api.launcher, api.main\nfrom etl import registry\nregistry.load_steps()\nprint('imported')")
     result = _start({}, "-c", code)
     assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]

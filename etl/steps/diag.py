@@ -38,6 +38,8 @@ class SleepParams(BaseModel):
         description="cooperative: checks for a stop every 0.1 s; ignore_stop: never checks "
         "(exercises the stop grace period); subprocess: sleeps in a child process tree.",
     )
+    log_every: float = Field(0.0, ge=0, le=3600, description="cooperative mode: also log a numbered line every "
+                             "this many seconds (0: never); exercises log following.")
 
 
 class FailParams(BaseModel):
@@ -63,9 +65,15 @@ def diag_sleep(params: SleepParams) -> dict[str, Any]:
         time.sleep(params.seconds)
     else:
         deadline = started + params.seconds
+        tick = min(0.1, params.log_every) if params.log_every else 0.1
+        next_line, number = started + params.log_every, 0
         while (left := deadline - time.monotonic()) > 0:
-            runtime.sleep(min(0.1, left))
+            runtime.sleep(min(tick, left))
             runtime.progress(100 * min(1.0, (time.monotonic() - started) / params.seconds))
+            if params.log_every and time.monotonic() >= next_line:
+                number += 1
+                next_line += params.log_every
+                logger.info("line %d", number)
     slept = round(time.monotonic() - started, 3)
     logger.info("slept %.3f s", slept)
     return {"slept_seconds": slept}

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.benchmarks.run [--only NAME ...] [--worker-class uvicorn|asgi]
 
-Names: roundtrip, burst, throughput, size, cleanup, stop, loss, etl. `wrk` (Debian package) is used
+Names: roundtrip, client, burst, throughput, size, cleanup, stop, loss, etl. `wrk` (Debian package) is used
 for the throughput figure when installed; without it that figure is skipped and says so.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from api.store import TaskStore
 from api.task import Task, TaskStatus, new_task_id, now_iso
-from tests.server import Server
+from tests.server import TERMINAL, Server
 
 RESULTS: list[dict[str, Any]] = []
 
@@ -83,6 +83,43 @@ def bench_roundtrip(srv: Server, rounds: int = 300) -> None:
             samples.append((time.perf_counter() - started) * 1000)
     report("roundtrip_p50", percentile(samples, 0.5), "ms", "<= 3")
     report("roundtrip_p99", percentile(samples, 0.99), "ms", "<= 10")
+
+
+def bench_client(srv: Server, rounds: int = 300) -> None:
+    """Client.run(wait=True) of a no-op next to the raw HTTP round trip (with and without an
+    Idempotency-Key, which the client always sends), interleaved on one server."""
+    import uuid
+
+    from api.client import Client
+
+    conn = Conn(srv.port)
+    samples: dict[str, list[float]] = {"client": [], "raw": [], "raw_idempotent": []}
+
+    def raw(key: bool) -> None:
+        headers = {"Idempotency-Key": uuid.uuid4().hex} if key else {}
+        conn.conn.request("POST", "/run/diag_noop", headers=headers)
+        response = conn.conn.getresponse()
+        task = json.loads(response.read())
+        assert response.status == 202, task
+        while conn.request("GET", f"/status/{task['task_id']}?wait=10")[1]["status"] not in TERMINAL:
+            pass
+
+    with Client(srv.url) as client:
+        for i in range(rounds + 20):
+            for name in samples:
+                started = time.perf_counter()
+                if name == "client":
+                    client.run("diag_noop", wait=True, timeout=30)
+                else:
+                    raw(name == "raw_idempotent")
+                if i >= 20:  # warm-up excluded
+                    samples[name].append((time.perf_counter() - started) * 1000)
+    notes = {"client": f"Client.run(wait=True), {rounds} rounds interleaved with the raw loops",
+             "raw": "POST /run + GET /status?wait=10 over http.client",
+             "raw_idempotent": "the same with an Idempotency-Key header"}
+    for name, values in samples.items():
+        report(f"{name}_roundtrip_p50", percentile(values, 0.5), "ms", "", notes[name])
+        report(f"{name}_roundtrip_p99", percentile(values, 0.99), "ms")
 
 
 def _completed(conn: Conn) -> int:
@@ -280,8 +317,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--worker-class", default="uvicorn", choices=["uvicorn", "asgi"])
     args = parser.parse_args()
-    wanted = set(args.only) if args.only else {"roundtrip", "burst", "throughput", "size", "cleanup", "stop", "loss",
-                                               "etl"}
+    wanted = set(args.only) if args.only else {"roundtrip", "client", "burst", "throughput", "size", "cleanup", "stop",
+                                               "loss", "etl"}
     started = time.time()
     servers: list[Server] = []
     # Every figure's storage folders go under one scratch folder, removed at the end (the size and
@@ -296,9 +333,9 @@ def main() -> int:
         return srv.start()
 
     try:
-        if wanted & {"roundtrip", "burst", "throughput", "stop"}:
+        if wanted & {"roundtrip", "client", "burst", "throughput", "stop"}:
             main_srv = make(Path(tempfile.mkdtemp(prefix="bench-")) / "task_storage")
-            for name, bench in (("roundtrip", bench_roundtrip), ("burst", bench_burst),
+            for name, bench in (("roundtrip", bench_roundtrip), ("client", bench_client), ("burst", bench_burst),
                                 ("throughput", bench_throughput), ("stop", bench_stop)):
                 if name in wanted:
                     bench(main_srv)
