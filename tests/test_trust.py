@@ -399,7 +399,7 @@ def test_10_a_worker_paused_past_its_limit_resumes_aborts_its_step_and_keeps_the
 
     srv: Server = make_server(tmp_path / "task_storage", workers=2, heartbeat_interval_seconds=0.2,
                               worker_lost_after_seconds=0.5)
-    task_id = srv.run("diag_sleep", seconds=20)["task_id"]
+    task_id = srv.run("diag_sleep", seconds=120)["task_id"]
     owner = srv.wait_for(task_id, {"running"})["worker"]["pid"]
     os.kill(owner, signal.SIGSTOP)
     try:
@@ -407,7 +407,7 @@ def test_10_a_worker_paused_past_its_limit_resumes_aborts_its_step_and_keeps_the
     finally:
         os.kill(owner, signal.SIGCONT)
     assert lost["status"] == "failed" and lost["error"]["type"] == "WorkerLost"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while "no longer owned by this worker" not in srv.log_text():
         assert time.monotonic() < deadline, "the resumed worker did not abort its step"
         time.sleep(0.1)
