@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from api.store import TaskStore
+from api.runner import Runner
+from api.settings import Settings
+from api.store import TaskStore, make_store
+from etl import registry
 from tests.server import Server
 from tests.steps import SAMPLES
 
@@ -20,6 +23,35 @@ def store(tmp_path: Path) -> Iterator[TaskStore]:
     store.open()
     yield store
     store.close()
+
+
+def runner_settings(tmp_path: Path, **changes) -> Settings:
+    """Settings for a Runner in this process, on a private store (no environment read)."""
+    defaults = Settings.model_construct().__dict__
+    storage = tmp_path / "st"
+    return Settings.model_construct(**{
+        **defaults, "storage_dir": storage, "work_dir": storage / "runs", "output_dir": storage / "outputs",
+        "input_dir": tmp_path, "diagnostic_steps": True, "task_timeout_seconds": 600.0, "stop_grace_seconds": 1.0,
+        "heartbeat_interval_seconds": 0.2, "max_concurrent_tasks": 2, "max_queued_tasks": 10, **changes})
+
+
+@pytest.fixture
+def make_runner(tmp_path: Path) -> Iterator:
+    """A real Runner (task threads and control loop) on a real store in this process; shut down after."""
+    started: list[tuple[Runner, TaskStore]] = []
+
+    def make(**changes) -> Runner:
+        registry.load_steps()
+        runner = Runner(make_store(runner_settings(tmp_path, **changes)), runner_settings(tmp_path, **changes))
+        runner.store.open()
+        runner.start()
+        started.append((runner, runner.store))
+        return runner
+
+    yield make
+    for runner, store in started:
+        runner.shutdown(2)
+        store.close()
 
 
 @pytest.fixture

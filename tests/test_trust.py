@@ -19,8 +19,6 @@ import httpx
 import pytest
 
 from api.errors import StorageUnavailable
-from api.runner import Runner
-from api.settings import Settings
 from api.store import TaskStore
 from api.store.cachedb import open_cache
 from api.store.cleanup import LeaseLost
@@ -237,42 +235,28 @@ def test_8_opening_the_cache_waits_while_another_process_holds_the_lock(tmp_path
 # --- 10: a paused worker that resumes ----------------------------------------------------
 
 
-def _settings(tmp_path: Path) -> Settings:
-    return Settings.model_construct(
-        **{**Settings.model_construct().__dict__, "storage_dir": tmp_path / "st", "work_dir": tmp_path / "st" / "runs",
-           "output_dir": tmp_path / "st" / "outputs", "input_dir": tmp_path, "diagnostic_steps": True,
-           "task_timeout_seconds": 600.0, "stop_grace_seconds": 2.0, "heartbeat_interval_seconds": 0.2})
-
-
-def test_10_a_worker_that_lost_its_task_aborts_the_step_and_cannot_overwrite_the_verdict(tmp_path):
+def test_10_a_worker_that_lost_its_task_aborts_the_step_and_cannot_overwrite_the_verdict(make_runner):
     """Before: a resumed worker ran its steps to completion and recorded them over WorkerLost."""
     from etl import registry
 
-    registry.load_steps()
-    settings = _settings(tmp_path)
-    store = _new_store(settings.storage_dir)
-    runner = Runner(store, settings)
-    runner.start()
-    try:
-        step = registry.get_step("diag_sleep", include_diagnostic=True)
-        task, _ = runner.submit("diag_sleep", step.params_model.model_validate({"seconds": 30}), {}, None, None)
-        assert task.status is TaskStatus.RUNNING
-        # What another process's reaper does when this worker stops heartbeating (paused, cut off).
-        store.finish(task.task_id, TaskStatus.FAILED, "worker lost",
-                     error={"type": "WorkerLost", "message": "worker lost", "traceback": None})
-        deadline = time.monotonic() + 10
-        while runner.running_here() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert runner.running_here() == 0  # the step was told to abort and its slot left this worker
-        time.sleep(0.5)
-        final = store.get(task.task_id)
-        assert final.status is TaskStatus.FAILED and final.error["type"] == "WorkerLost"
-        assert [h["status"] for h in final.history] == ["queued", "running", "failed"]
-        # A stale owner's late end and progress are refused (fencing on the owner id).
-        assert store.finish(task.task_id, TaskStatus.COMPLETED, "late", owner=runner.worker.id).status is TaskStatus.FAILED
-    finally:
-        runner.shutdown(2)
-        store.close()
+    runner = make_runner()
+    store = runner.store
+    step = registry.get_step("diag_sleep", include_diagnostic=True)
+    task, _ = runner.submit("diag_sleep", step.params_model.model_validate({"seconds": 30}), {}, None, None)
+    assert task.status is TaskStatus.RUNNING
+    # What another process's reaper does when this worker stops heartbeating (paused, cut off).
+    store.finish(task.task_id, TaskStatus.FAILED, "worker lost",
+                 error={"type": "WorkerLost", "message": "worker lost", "traceback": None})
+    deadline = time.monotonic() + 10
+    while runner.running_here() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner.running_here() == 0  # the step was told to abort and its slot left this worker
+    time.sleep(0.5)
+    final = store.get(task.task_id)
+    assert final.status is TaskStatus.FAILED and final.error["type"] == "WorkerLost"
+    assert [h["status"] for h in final.history] == ["queued", "running", "failed"]
+    # A stale owner's late end is refused (fencing on the owner id).
+    assert store.finish(task.task_id, TaskStatus.COMPLETED, "late", owner=runner.worker.id).status is TaskStatus.FAILED
 
 
 def test_10_an_end_from_a_worker_that_no_longer_owns_the_task_is_ignored(tmp_path):
