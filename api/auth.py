@@ -23,7 +23,7 @@ class Identity:
         return {"role": self.role, "name": self.name, "client": client}
 
 
-ANONYMOUS = Identity(role="admin", name="anonymous (no API keys configured; loopback only)")
+ANONYMOUS_NAME = "anonymous (no API keys configured; loopback only)"
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,10 @@ def _parse(entry: str, where: str) -> _Key:
 class KeyRing:
     """The configured keys; compares in constant time and never keeps a key in clear."""
 
-    def __init__(self, keys: list[_Key]) -> None:
+    def __init__(self, keys: list[_Key], anonymous_role: str = "operator") -> None:
         self._keys = keys
+        # Without keys every loopback caller is this identity; admin only when ETL_ANONYMOUS_ROLE says so.
+        self.anonymous = Identity(role=anonymous_role, name=ANONYMOUS_NAME)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
@@ -72,7 +74,7 @@ class KeyRing:
         ]
         if settings.api_keys_file is not None:
             keys += cls._read_file(settings.api_keys_file)
-        return cls(keys)
+        return cls(keys, settings.anonymous_role)
 
     @staticmethod
     def _read_file(path: Path) -> list[_Key]:
@@ -92,7 +94,7 @@ class KeyRing:
 
     def identify(self, presented: str | None) -> Identity:
         if not self.enabled:
-            return ANONYMOUS
+            return self.anonymous
         if not presented:
             raise Unauthorized()
         digest = _digest(presented)
@@ -106,5 +108,9 @@ class KeyRing:
 
 
 def require(identity: Identity, role: str) -> None:
-    if RANK[identity.role] < RANK[role]:
-        raise Forbidden(f"This needs the {role} role; the key '{identity.name}' has the {identity.role} role.")
+    if RANK[identity.role] >= RANK[role]:
+        return
+    if identity.name == ANONYMOUS_NAME:
+        raise Forbidden(f"This needs the {role} role; without API keys callers have the {identity.role} role "
+                        f"(ETL_ANONYMOUS_ROLE={role} grants it to every local caller, or configure ETL_API_KEYS).")
+    raise Forbidden(f"This needs the {role} role; the key '{identity.name}' has the {identity.role} role.")

@@ -15,6 +15,7 @@ from api.runner import Runner
 from api.scheduler import CleanupScheduler
 from api.settings import Settings
 from api.store import TaskStore
+from api.trust import client_address
 
 
 @dataclass
@@ -75,4 +76,9 @@ Admin = Annotated[Identity, Depends(_role("admin"))]
 
 
 def client_of(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The caller's address: the peer's, or the one a trusted proxy (ETL_TRUSTED_PROXIES) forwarded."""
+    peer = request.client.host if request.client else None
+    settings: Settings = request.app.state.services.settings
+    if not settings.trusted_proxies:
+        return peer
+    return client_address(peer, request.headers.getlist("x-forwarded-for"), settings)

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
+        from api.header_timeout import UVICORN_HTTP
+
         uvicorn.run(
             "api.main:app",
             host=settings.host,
@@ -35,5 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=settings.workers,
             log_config=logging_config(settings.log_level, settings.log_format),
             timeout_graceful_shutdown=CONNECTION_DRAIN_SECONDS,
+            # The request-head timeout; the client address is the app's to decide (ETL_TRUSTED_PROXIES).
+            http=UVICORN_HTTP,
+            proxy_headers=False,
         )
     return 0

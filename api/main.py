@@ -14,10 +14,11 @@ from api.audit import AuditLog
 from api.auth import KeyRing
 from api.deps import Services
 from api.errors import install_error_handlers
-from api.middleware import BodyLimitAndHeaders
+from api.middleware import BodyLimitAndHeaders, HostAndOriginGuard
 from api.routes import ops, tasks
 from api.runner import Runner
 from api.scheduler import CleanupScheduler
+from api.schemas import install_openapi
 from api.settings import Settings, SettingsError, get_settings, settings_or_exit
 from api.store import make_store
 from etl import registry
@@ -39,7 +40,7 @@ def build_services(settings: Settings) -> Services:
     scheduler = CleanupScheduler(store, runner.worker.id, settings.cleanup_interval_seconds,
                                  int(settings.task_logs_max_mb * 1024 * 1024))
     scheduler.start()
-    audit = AuditLog(settings.storage_dir / "audit.log")
+    audit = AuditLog(settings.storage_dir / "audit.log", settings.audit_log_max_bytes, settings.audit_log_backups)
     return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings), audit)
 
 
@@ -72,8 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(tasks.router)
     app.include_router(ops.router)
+    app.add_middleware(HostAndOriginGuard, settings=active_settings)
     app.add_middleware(BodyLimitAndHeaders, max_bytes=lambda: active_settings().max_body_bytes)
     origins = (settings or _environment_settings()).cors_origin_list
     if origins:

@@ -61,6 +61,24 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     rate_limit_per_minute: float = Field(0.0, ge=0)
 
+    # --- HTTP trust boundary: who may call, from where, and what is recorded about them ---
+    anonymous_role: Literal["viewer", "operator", "admin"] = "operator"
+    allowed_hosts: str = ""
+    trusted_proxies: str = ""
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    audit_log_max_mb: float = Field(10.0, gt=0)
+    audit_log_backups: int = Field(5, ge=1, le=100)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for entry in _split(value):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)") from None
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -82,12 +100,29 @@ class Settings(BaseSettings):
             object.__setattr__(self, "work_dir", self.storage_dir / "runs")
         if self.worker_lost_after_seconds < 2 * self.heartbeat_interval_seconds:
             raise ValueError("ETL_WORKER_LOST_AFTER_SECONDS must be at least twice ETL_HEARTBEAT_INTERVAL_SECONDS")
-        if not self.api_keys_configured and not _is_loopback(self.host):
+        if not self.api_keys_configured and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to bind to {self.host} without API keys: set ETL_API_KEYS (or ETL_API_KEYS_FILE), "
                 "or bind to 127.0.0.1"
             )
+        if "*" in self.allowed_host_list and not self.api_keys_configured:
+            raise ValueError(
+                "ETL_ALLOWED_HOSTS=* lets any web page reach the service through DNS rebinding; "
+                "it needs API keys (ETL_API_KEYS), or list the host names instead"
+            )
         return self
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.lower().rstrip(".") for host in _split(self.allowed_hosts)]
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(entry, strict=False) for entry in _split(self.trusted_proxies)]
+
+    @property
+    def audit_log_max_bytes(self) -> int:
+        return int(self.audit_log_max_mb * 1024 * 1024)
 
     @property
     def api_keys_configured(self) -> bool:
@@ -106,7 +141,13 @@ class Settings(BaseSettings):
         return self.storage_dir / "task_cache"
 
 
-def _is_loopback(host: str) -> bool:
+def _split(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine only."""
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:

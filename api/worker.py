@@ -1,13 +1,38 @@
-"""The Gunicorn worker class: Uvicorn's, with a bounded connection drain on shutdown."""
+"""The Gunicorn worker classes: Uvicorn's or Gunicorn's own ASGI worker, with the service's connection rules.
+
+Both get a bounded connection drain on shutdown (Uvicorn's), the request-head timeout
+(api.header_timeout), and no rewriting of the client address from X-Forwarded-For: the app
+decides that from ETL_TRUSTED_PROXIES (api.deps.client_of).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gunicorn.asgi.protocol import ASGIProtocol
+from gunicorn.workers import gasgi
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
+from api.header_timeout import UVICORN_HTTP, HeadTimeout
 from api.settings import CONNECTION_DRAIN_SECONDS
 
 
 class UvicornWorker(_UvicornWorker):
-    CONFIG_KWARGS: dict[str, Any] = {**_UvicornWorker.CONFIG_KWARGS, "timeout_graceful_shutdown": CONNECTION_DRAIN_SECONDS}
+    CONFIG_KWARGS: dict[str, Any] = {
+        **_UvicornWorker.CONFIG_KWARGS,
+        "timeout_graceful_shutdown": CONNECTION_DRAIN_SECONDS,
+        "http": UVICORN_HTTP,
+        "proxy_headers": False,
+    }
+
+
+class TimedASGIProtocol(HeadTimeout, ASGIProtocol):
+    """Gunicorn's ASGI protocol with the request-head timeout."""
+
+
+class ASGIWorker(gasgi.ASGIWorker):
+    def init_process(self) -> None:
+        # gasgi builds its protocol as `lambda: ASGIProtocol(self)`, looked up in the module when
+        # each connection opens; this worker process is the only reader of that name.
+        gasgi.ASGIProtocol = TimedASGIProtocol
+        super().init_process()

@@ -48,7 +48,9 @@ class Server:
         })
         # TEST_WORKER_CLASS=asgi runs the whole suite on Gunicorn's own ASGI worker
         settings.setdefault("worker_class", os.environ.get("TEST_WORKER_CLASS", "uvicorn"))
-        self.env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})
+        # Tests drive their private server as its admin; anonymous_role=None leaves the default (operator).
+        settings.setdefault("anonymous_role", "admin")
+        self.env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
         self.proc: subprocess.Popen | None = None
         self.log_path = storage.parent / f"server-{self.port}.log"
         self.client = httpx.Client(base_url=self.url, timeout=30)

@@ -14,12 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import Operator, ServicesDep, Viewer, client_of
 from api.errors import BadRequest, InvalidParameters, NotFound, WrongState, describe_field_errors, field_errors
+from api.json_body import StrictJsonRoute
+from api.schemas import GUARDED, StopAnswer, TaskAccepted, TaskList, answer, errors
 from api.store import StoreBusy
 from api.task import TaskStatus, is_task_id, mask_secrets
 from etl import registry
 from etl.errors import UnknownStep
 
-router = APIRouter()
+# Every JSON body is parsed strictly (NaN, Infinity and lone surrogates are 422s): api/json_body.py.
+router = APIRouter(route_class=StrictJsonRoute)
 
 MAX_WAIT_SECONDS = 60
 MAX_LOG_LINES = 5000
@@ -53,7 +56,9 @@ def _task_links(request: Request, task_id: str) -> dict[str, str]:
     }
 
 
-@router.post("/run/{step_name}", status_code=202, summary="Start a task")
+@router.post("/run/{step_name}", status_code=202, summary="Start a task",
+             responses={**answer(202, TaskAccepted, "Accepted: poll status_url (also the Location header)."),
+                        **errors(*GUARDED, 403, 404, 413, 422, 429, 503)})
 async def run_step(
     step_name: str,
     request: Request,
@@ -97,7 +102,7 @@ async def run_step(
     return JSONResponse(content, status_code=202, headers=headers)
 
 
-@router.get(STATUS_PATH, name="task_status", summary="A task's state")
+@router.get(STATUS_PATH, name="task_status", summary="A task's state", responses=errors(*GUARDED, 404, 422, 503))
 async def task_status(
     task_id: str,
     services: ServicesDep,
@@ -110,7 +115,8 @@ async def task_status(
     return JSONResponse(task.status_view())
 
 
-@router.get(OUTPUT_PATH, name="task_output", summary="A task's result or error")
+@router.get(OUTPUT_PATH, name="task_output", summary="A task's result or error",
+            responses=errors(*GUARDED, 404, 409, 503))
 async def task_output(task_id: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
     """The result of a completed task, or the error (with traceback) of a failed one."""
     task = services.store.get(task_id)
@@ -130,7 +136,7 @@ async def task_output(task_id: str, services: ServicesDep, _: Viewer) -> dict[st
     return answer
 
 
-@router.get("/logs/{task_id}", summary="A task's log lines")
+@router.get("/logs/{task_id}", summary="A task's log lines", responses=errors(*GUARDED, 404, 422, 503))
 def task_logs(
     task_id: str,
     services: ServicesDep,
@@ -146,7 +152,10 @@ def task_logs(
             "lines": lines, "complete": task.status.terminal and len(lines) < limit}
 
 
-@router.post("/stop/{task_id}", summary="Stop a task")
+@router.post("/stop/{task_id}", summary="Stop a task",
+             responses={**answer(200, StopAnswer, "The task is stopped (it was already, or it was queued)."),
+                        **answer(202, StopAnswer, "Stop requested; the task stops within seconds."),
+                        **errors(*GUARDED, 403, 404, 409, 503)})
 def stop_task(task_id: str, request: Request, services: ServicesDep, identity: Operator) -> JSONResponse:
     """Ask a task to stop: 202 while it takes effect, 200 once stopped, 409 if it already ended otherwise."""
     task = services.store.request_stop(task_id, identity.as_dict(client_of(request)))
@@ -163,7 +172,8 @@ def stop_task(task_id: str, request: Request, services: ServicesDep, identity: O
     return JSONResponse({**content, "detail": "Stop requested; the task stops within seconds."}, status_code=202)
 
 
-@router.get("/tasks", summary="List tasks, newest first")
+@router.get("/tasks", summary="List tasks, newest first",
+            responses={**answer(200, TaskList, "One page of tasks, newest first."), **errors(*GUARDED, 422, 503)})
 async def list_tasks(
     services: ServicesDep,
     _: Viewer,
@@ -184,14 +194,14 @@ def _describe(step: registry.Step) -> dict[str, Any]:
             "diagnostic": step.diagnostic, "parameters": step.parameters_schema()}
 
 
-@router.get("/steps", summary="The step catalogue")
+@router.get("/steps", summary="The step catalogue", responses=errors(*GUARDED))
 async def list_steps(services: ServicesDep, _: Viewer) -> dict[str, Any]:
     """Every step with its parameters' JSON schema."""
     steps = registry.available(services.settings.diagnostic_steps)
     return {"steps": [_describe(s) for s in steps.values()], "count": len(steps)}
 
 
-@router.get("/steps/{step_name}", summary="One step")
+@router.get("/steps/{step_name}", summary="One step", responses=errors(*GUARDED, 404))
 async def get_step(step_name: str, services: ServicesDep, _: Viewer) -> dict[str, Any]:
     """One step with its parameters' JSON schema."""
     return _describe(_step(services, step_name))
