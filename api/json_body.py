@@ -103,7 +103,7 @@ def parse(body: bytes) -> Any:
 
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
-        return True  # FastAPI reads a body without a content type as JSON too
+        return False  # FastAPI (strict content type) does not read such a body as JSON either
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 

@@ -48,7 +48,7 @@ class HostRules:
         configured = settings.allowed_host_list
         self.any_host = "*" in configured
         bind = host_name(settings.host)
-        self.names = set(LOOPBACK_NAMES) | {name for name in configured if name != "*"}
+        self.names = set(LOOPBACK_NAMES) | {host_name(name) for name in configured if name != "*"}
         # Bound to every interface (only allowed with keys): clients reach it by any of the
         # machine's addresses, or by its own name. An address cannot be rebound, a name can.
         self.any_address = bind in WILDCARD_BINDS

@@ -85,7 +85,7 @@ def test_anonymous_callers_are_operators_unless_admin_is_opted_in(plain: Server,
         assert client.get("/cleanup/schedule").status_code == 200
 
     srv: Server = make_server(tmp_path / "opted-in", workers=1, anonymous_role="admin",
-                              allowed_hosts="etl.internal, Reports.Example.", cors_origins="http://dash.example")
+                              allowed_hosts="etl.internal, Reports.Example.:443", cors_origins="http://dash.example")
     with _fresh(srv) as client:
         assert client.post("/cleanup/now", headers={"Host": "etl.internal:8000"}).status_code == 200
         assert client.post("/cleanup/now", headers={"Host": "reports.example"}).status_code == 200
