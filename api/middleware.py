@@ -55,17 +55,17 @@ class HostAndOriginGuard:
         rules = self.rules
         refusal = None
         if host is not None and not rules.host_allowed(host):
-            refusal = (400, f"The Host '{host[:200]}' is not a name of this server (a web page reaching it "
-                            "through DNS rebinding looks like this). If clients use that name, add it to "
-                            "ETL_ALLOWED_HOSTS.")
+            refusal = (400, (f"The Host '{host[:200]}' is not a name of this server (a web page reaching it "
+                             "through DNS rebinding looks like this). If clients use that name, add it to "
+                             "ETL_ALLOWED_HOSTS."))
         elif scope["type"] == "websocket" or scope["method"] in UNSAFE_METHODS:
             if origin is not None:
                 if not rules.origin_allowed(origin, host):
-                    refusal = (403, f"Cross-site request refused: the Origin '{origin[:200]}' is not this "
-                                    "server's origin; list it in ETL_CORS_ORIGINS if that site may use the API.")
+                    refusal = (403, (f"Cross-site request refused: the Origin '{origin[:200]}' is not this "
+                                     "server's origin; list it in ETL_CORS_ORIGINS if that site may use the API."))
             elif fetch_site == "cross-site":
-                refusal = (403, "Cross-site request refused: a page on another site sent it "
-                                "(Sec-Fetch-Site: cross-site).")
+                refusal = (403, ("Cross-site request refused: a page on another site sent it "
+                                 "(Sec-Fetch-Site: cross-site)."))
         if refusal is None:
             await self.app(scope, receive, send)
             return
