@@ -349,3 +349,22 @@ def test_openapi_documents_each_code_and_the_real_error_shapes(plain: Server):
     assert set(accepted.json()) == fields("TaskAccepted")
     assert set(stopped.json()) == fields("StopAnswer")
     assert set(listed) == fields("TaskList") and set(listed["tasks"][0]) == fields("TaskSummary")
+
+
+def test_every_route_with_a_body_parses_it_strictly():
+    """Finding 15: a router added later must use StrictJsonRoute too, or its bodies skip the strict JSON parse."""
+    from fastapi.routing import APIRoute
+
+    from api.json_body import StrictJsonRoute
+    from api.main import create_app
+    from api.settings import Settings
+
+    def walk(routes):
+        for route in routes:
+            included = getattr(route, "original_router", None)  # FastAPI keeps included routers whole
+            yield from walk(included.routes) if included is not None else [route]
+
+    routes = [r for r in walk(create_app(Settings()).routes) if isinstance(r, APIRoute) and r.body_field is not None]
+    assert routes, "no route takes a body?"
+    loose = [r.path for r in routes if not isinstance(r, StrictJsonRoute)]
+    assert not loose, f"routes parsing bodies with the lenient parser: {loose}; use APIRouter(route_class=StrictJsonRoute)"
