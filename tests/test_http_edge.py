@@ -39,7 +39,8 @@ def _task_ids(srv: Server) -> set[str]:
     return {t["task_id"] for t in srv.client.get("/tasks", params={"limit": 500}).json()["tasks"]}
 
 
-def test_foreign_host_and_cross_site_requests_are_refused(plain: Server):
+@pytest.mark.server
+def test_11_foreign_host_and_cross_site_requests_are_refused(plain: Server):
     """Finding 11: a request with a foreign Host (DNS rebinding) or a foreign Origin starts nothing and cleans nothing."""
     before = _task_ids(plain)
     port = plain.port
@@ -72,7 +73,8 @@ def test_foreign_host_and_cross_site_requests_are_refused(plain: Server):
     assert len(denied) >= 6 and all(e["client"] == "127.0.0.1" for e in denied)
 
 
-def test_anonymous_callers_are_operators_unless_admin_is_opted_in(plain: Server, make_server, tmp_path):
+@pytest.mark.server
+def test_11_anonymous_callers_are_operators_unless_admin_is_opted_in(plain: Server, make_server, tmp_path):
     """Finding 11: without keys a local caller runs and stops tasks but cannot clean up or reschedule."""
     with _fresh(plain) as client:
         task = client.post("/run/diag_sleep", json={"parameters": {"seconds": 5}})
@@ -94,7 +96,8 @@ def test_anonymous_callers_are_operators_unless_admin_is_opted_in(plain: Server,
         assert client.post("/run/diag_noop", headers={"Host": "other.internal"}).status_code == 400
 
 
-def test_without_keys_the_server_binds_to_loopback_only(tmp_path, monkeypatch):
+@pytest.mark.server
+def test_11_without_keys_the_server_binds_to_loopback_only(tmp_path, monkeypatch):
     """Finding 11: no keys and a public address (ETL_HOST, or gunicorn -b) stops the start; ALLOWED_HOSTS=* needs keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
     env.update(ETL_STORAGE_DIR=str(tmp_path / "s"), ETL_PORT=str(free_port()))
@@ -121,7 +124,8 @@ def test_without_keys_the_server_binds_to_loopback_only(tmp_path, monkeypatch):
         load_settings()
 
 
-def test_forwarded_for_counts_only_from_a_trusted_proxy(plain: Server, make_server, tmp_path):
+@pytest.mark.server
+def test_12_forwarded_for_counts_only_from_a_trusted_proxy(plain: Server, make_server, tmp_path):
     """Finding 12: X-Forwarded-For from any client is not the caller's address; from a configured proxy it is."""
     with _fresh(plain) as client:
         task = client.post("/run/diag_noop", headers={"X-Forwarded-For": "6.6.6.6"}).json()
@@ -148,7 +152,8 @@ def _post_raw(client: httpx.Client, path: str, body: bytes) -> httpx.Response:
     return client.post(path, content=body, headers={"content-type": "application/json"})
 
 
-def test_hostile_json_is_a_clear_4xx_on_every_endpoint(plain: Server):
+@pytest.mark.server
+def test_15_hostile_json_is_a_clear_4xx_on_every_endpoint(plain: Server):
     """Finding 15: a lone surrogate, NaN/Infinity, huge or overflowing numbers and long time zones are 4xx, never 500."""
     with _fresh(plain) as client:
         surrogate = _post_raw(client, "/run/diag_noop", rb'{"parameters": {"note": "a\ud800b"}}')
@@ -179,7 +184,7 @@ def test_hostile_json_is_a_clear_4xx_on_every_endpoint(plain: Server):
     assert "unexpected error" not in plain.log_text()
 
 
-def test_schedule_bounds_for_an_admin(make_server, tmp_path):
+def test_15_schedule_bounds_for_an_admin(make_server, tmp_path):
     """Finding 15: /cleanup/schedule with interval_seconds 1e308 or a 10,000-character time zone is a 422."""
     srv: Server = make_server(tmp_path / "admin", workers=1, anonymous_role="admin")
     for body, field in (({"interval_seconds": 1e308}, "interval_seconds"),
@@ -195,7 +200,7 @@ def test_schedule_bounds_for_an_admin(make_server, tmp_path):
     assert "unexpected error" not in srv.log_text()
 
 
-def test_a_chunked_body_over_the_limit_is_413(make_server, tmp_path):
+def test_16_a_chunked_body_over_the_limit_is_413(make_server, tmp_path):
     """Finding 16: a body sent chunked (no Content-Length) over ETL_MAX_BODY_BYTES gets 413, not 400."""
     srv: Server = make_server(tmp_path / "limit", workers=1, max_body_bytes=4096)
 
@@ -219,7 +224,7 @@ def test_a_chunked_body_over_the_limit_is_413(make_server, tmp_path):
         assert declared.status_code == 413
 
 
-def test_the_audit_log_keeps_summaries_and_rotates(make_server, tmp_path):
+def test_17_the_audit_log_keeps_summaries_and_rotates(make_server, tmp_path):
     """Finding 17: audit lines do not carry whole parameters, and the log rotates by size keeping N files."""
     srv: Server = make_server(tmp_path / "audit", workers=2, audit_log_max_mb=0.02, audit_log_backups=2)
     big = "y" * 900_000
@@ -256,7 +261,7 @@ def _closed(sock: socket.socket) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["gunicorn", "serve"])
-def test_half_open_connections_are_closed_after_the_header_timeout(make_server, tmp_path, kind):
+def test_17_half_open_connections_are_closed_after_the_header_timeout(make_server, tmp_path, kind):
     """Finding 17: connections that send nothing or an incomplete request head are closed after ETL_HEADER_TIMEOUT_SECONDS."""
     srv: Server = make_server(tmp_path / kind, kind=kind, workers=1, header_timeout_seconds=1)
     task = srv.run("diag_sleep", seconds=30)
@@ -292,6 +297,7 @@ def test_half_open_connections_are_closed_after_the_header_timeout(make_server, 
             sock.close()
 
 
+@pytest.mark.server
 def test_openapi_documents_each_code_and_the_real_error_shapes(plain: Server):
     """OpenAPI: every endpoint lists the codes it answers, with the shared error bodies, and the 422 schema is what is sent."""
     spec = plain.client.get("/openapi.json").json()
@@ -351,7 +357,7 @@ def test_openapi_documents_each_code_and_the_real_error_shapes(plain: Server):
     assert set(listed) == fields("TaskList") and set(listed["tasks"][0]) == fields("TaskSummary")
 
 
-def test_every_route_with_a_body_parses_it_strictly():
+def test_15_every_route_with_a_body_parses_it_strictly():
     """Finding 15: a router added later must use StrictJsonRoute too, or its bodies skip the strict JSON parse."""
     from fastapi.routing import APIRoute
 
