@@ -37,11 +37,12 @@ class Settings(BaseSettings):
     workers: int = Field(4, ge=1, le=64)
     worker_class: Literal["uvicorn", "asgi"] = "uvicorn"
     storage_dir: Path = Path("task_storage")
-    task_ttl_hours: float = Field(24.0, gt=0)
+    # Upper bounds keep every derived time finite (a 1e308 interval overflowed the scheduler).
+    task_ttl_hours: float = Field(24.0, gt=0, le=24 * 3660)
     max_concurrent_tasks: int = Field(25, ge=1)
     max_queued_tasks: int = Field(1000, ge=0)
-    cleanup_interval_seconds: float = Field(300.0, gt=0)
-    task_timeout_seconds: float = Field(21600.0, gt=0)
+    cleanup_interval_seconds: float = Field(300.0, gt=0, le=366 * 86400)
+    task_timeout_seconds: float = Field(21600.0, gt=0, le=366 * 86400)
     stop_grace_seconds: float = Field(10.0, gt=0)
     graceful_timeout_seconds: float = Field(30.0, ge=10)
     heartbeat_interval_seconds: float = Field(1.0, gt=0, le=10)

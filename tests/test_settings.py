@@ -26,6 +26,7 @@ def _start(env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
         ({"ETL_WORKERS": "0"}, "ETL_WORKERS"),
         ({"ETL_HOST": "0.0.0.0"}, "without API keys"),
         ({"ETL_API_KEYS": "superuser:abc"}, "role"),
+        ({"ETL_CLEANUP_INTERVAL_SECONDS": "1e308"}, "ETL_CLEANUP_INTERVAL_SECONDS"),
     ],
 )
 @pytest.mark.parametrize("entry", [("-m", "api", "prepare"), ("-m", "gunicorn", "-c", "gunicorn.conf.py")])
