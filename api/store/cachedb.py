@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import diskcache
+import orjson
 
 from api.store.keys import K_META
 
@@ -29,6 +30,14 @@ class CacheCorrupt(Exception):
 
 class CacheUnavailable(Exception):
     """The cache database cannot be opened now (disk full, permissions, held locked); it is not damaged."""
+
+
+def encode(value: Any) -> str:
+    """JSON text of ``value`` (orjson in C; the stdlib for what orjson refuses, e.g. ints past 64 bits)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class JSONOnlyDisk(diskcache.Disk):
@@ -53,16 +62,16 @@ class JSONOnlyDisk(diskcache.Disk):
             raise TypeError("file values are not stored in the task cache")
         if type(value) is int:
             return super().store(value, False, key=key)
-        return super().store(json.dumps(value, ensure_ascii=False, separators=(",", ":")), False, key=key)
+        return super().store(encode(value), False, key=key)
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_RAW:
             if type(value) is int:
                 return value
             if type(value) is str:
-                return json.loads(value)
+                return orjson.loads(value)
         elif mode == diskcache.core.MODE_TEXT:
-            return json.loads(super().fetch(mode, filename, value, False))
+            return orjson.loads(super().fetch(mode, filename, value, False))
         raise UnsafeCacheRow(f"refusing to load a cache row of mode {mode} (only JSON is accepted)")
 
 
@@ -104,6 +113,33 @@ def open_cache(directory: Path, busy_seconds: float = 10.0) -> diskcache.Cache:
             raise CacheUnavailable(f"{directory / CACHE_DB}: still locked after {busy_seconds:g} s ({error})")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+# One statement per write instead of diskcache's select-then-insert-or-update (three). A row that
+# keeps its value in a file (over the disk's min_file_size) is left to diskcache, which removes
+# the file; the WHERE makes the upsert skip it and the caller falls back.
+_UPSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value) "
+    "VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?) "
+    "ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, access_time = excluded.access_time, "
+    "expire_time = NULL, size = 0, mode = 1, value = excluded.value WHERE Cache.filename IS NULL"
+)
+
+
+def put(cache: diskcache.Cache, key: str, value: Any) -> None:
+    """Store ``value`` (JSON) under ``key``, inside the caller's transaction."""
+    text = encode(value)
+    if len(text) < cache.disk.min_file_size:
+        now = time.time()
+        if cache._sql(_UPSERT, (key, now, now, text)).rowcount == 1:
+            return
+    cache.set(key, value)
+
+
+def remove(cache: diskcache.Cache, key: str) -> None:
+    """Delete ``key`` if present, inside the caller's transaction (one statement for an inline row)."""
+    if cache._sql("DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename IS NULL", (key,)).rowcount == 0:
+        cache.delete(key)
 
 
 def key_range(cache: diskcache.Cache, prefix: str, *, before: str | None = None, after: str | None = None,

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Admission asks which workers are alive on every submit; the answer is reused this long, so a
+# dead worker's slot frees at most this late (its process check is cached 0.5 s anyway).
+ALIVE_CACHE_SECONDS = 0.2
+
 
 class Liveness:
     """Heartbeats and leases (mixed into TaskStore)."""
@@ -37,6 +41,13 @@ class Liveness:
     def workers(self: TaskStore) -> list[dict[str, Any]]:
         return [beat for _, beat in self._range(K_WORKER)]
 
+    def alive_recently(self: TaskStore) -> set[str]:
+        """alive_workers(), reused for ALIVE_CACHE_SECONDS in this process (for admission)."""
+        seen_at, seen = self._alive_seen
+        if 0 <= time.time() - seen_at < ALIVE_CACHE_SECONDS:
+            return seen
+        return self.alive_workers()
+
     def alive_workers(self: TaskStore) -> set[str]:
         """Ids of live workers.
 
@@ -54,6 +65,7 @@ class Liveness:
                     alive.add(beat["id"])
             elif age < self.worker_lost_after_seconds:
                 alive.add(beat["id"])
+        self._alive_seen = (now, alive)
         return alive
 
     def reap_lost(self: TaskStore, only_pid: int | None = None) -> list[str]:

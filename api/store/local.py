@@ -23,7 +23,7 @@ import diskcache
 
 from api.errors import Conflict, QueueFull, RateLimited, StorageUnavailable, TaskNotFound
 from api.store.admission import Admission, admit
-from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache
+from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache, put, remove
 from api.store.cleanup import Cleanup
 from api.store.counters import Counters
 from api.store.files import FileWriter, StoragePaths
@@ -77,10 +77,11 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         self.worker_lost_after_seconds = worker_lost_after_seconds
         self._cache_timeout = cache_timeout_seconds
         self._cache: diskcache.Cache | None = None
-        self._db_identity: tuple[int, int] | None = None
+        self._db_fd: int | None = None  # held open: its link count drops to 0 if the file is deleted
         self.lost_reason: str | None = None  # set once the cache database is found deleted or replaced
         self._writer: FileWriter | None = None
         self._write_lock = threading.RLock()
+        self._alive_seen: tuple[float, set[str]] = (0.0, set())
         self._files_done: dict[str, int] = {}  # task id -> revision this process's writer put on disk
         self.watch = TaskWatch()
 
@@ -94,7 +95,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
                 with contextlib.suppress(OSError):
                     folder.chmod(0o700)
         self._cache = open_cache(self.paths.cache_dir, self._cache_timeout)
-        self._db_identity = self._identity()
+        self._db_fd = os.open(self.paths.cache_dir / CACHE_DB, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -103,13 +104,9 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         if self._cache is not None:
             self._cache.close()
             self._cache = None
-
-    def _identity(self) -> tuple[int, int] | None:
-        try:
-            info = os.stat(self.paths.cache_dir / CACHE_DB)
-        except FileNotFoundError:
-            return None
-        return info.st_dev, info.st_ino
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
 
     def check_database(self) -> None:
         """StorageUnavailable once the cache database file is gone or replaced under us.
@@ -119,7 +116,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         running still record their end through the open connection, and their JSON files (the
         durable record) follow, so a restart rebuilds the index with their true outcome.
         """
-        if self.lost_reason is None and self._db_identity is not None and self._identity() != self._db_identity:
+        if self.lost_reason is None and self._db_fd is not None and os.fstat(self._db_fd).st_nlink == 0:
             self.lost_reason = (f"the task cache {self.paths.cache_dir / CACHE_DB} was deleted or replaced while "
                                 "the server ran; restart the service to rebuild it from the task files")
             logger.critical("%s", self.lost_reason)
@@ -220,7 +217,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         return Counters(self.cache.get(K_COUNTERS))
 
     def _save_counters(self, counters: Counters) -> None:
-        self.cache.set(K_COUNTERS, counters.data)
+        put(self.cache, K_COUNTERS, counters.data)
 
     def _write(self, task: Task, previous: TaskStatus | None, counters: Counters | None = None,
                file_current: bool = False) -> None:
@@ -231,17 +228,17 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         """
         cache = self.cache
         task.rev += 1
-        cache.set(K_TASK + task.task_id, task.to_dict())
+        put(cache, K_TASK + task.task_id, task.to_dict())
         if not file_current:
-            cache.set(K_DIRTY + task.task_id, {"rev": task.rev, "at": time.time()})
+            put(cache, K_DIRTY + task.task_id, {"rev": task.rev, "at": time.time()})
         if previous is task.status:
             return
         owner = task.worker["id"] if task.worker and task.status is TaskStatus.RUNNING else None
         if previous is not None:
-            cache.delete(f"{K_STATUS}{previous.value}:{task.task_id}")
+            remove(cache, f"{K_STATUS}{previous.value}:{task.task_id}")
         else:
-            cache.set(f"{K_STEP}{task.step_name}:{task.task_id}", "")
-        cache.set(f"{K_STATUS}{task.status.value}:{task.task_id}", {"step": task.step_name, "owner": owner})
+            put(cache, f"{K_STEP}{task.step_name}:{task.task_id}", "")
+        put(cache, f"{K_STATUS}{task.status.value}:{task.task_id}", {"step": task.step_name, "owner": owner})
         own = counters is None
         counters = self._counters() if own else counters
         counters.moved(task.step_name, previous.value if previous else None, task.status.value)
@@ -251,10 +248,10 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
             waited = max(0.0, parse_iso(task.started_at) - parse_iso(task.created_at))
             counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited)
         if task.status.terminal:
-            cache.set(self._expiry_key(task), "")
+            put(cache, self._expiry_key(task), "")
             counters.ended(task.step_name, task.status.value, task.duration_seconds)
             if task.stop_requested:
-                cache.delete(K_STOP + task.task_id)
+                remove(cache, K_STOP + task.task_id)
         if own:
             self._save_counters(counters)
 
@@ -308,7 +305,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         waiting for the write lock.
         """
         self.check_database()
-        alive = self.alive_workers()  # process checks outside the lock
+        alive = self.alive_recently()  # process checks outside the lock
         with self._transaction(wait):
             cache = self.cache
             if idempotency:
@@ -343,7 +340,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         return task, False
 
     def _remember_idempotency(self, task: Task) -> None:
-        self.cache.set(K_IDEMPOTENCY + task.idempotency_key,
+        put(self.cache, K_IDEMPOTENCY + task.idempotency_key,
                        {"task_id": task.task_id, "fingerprint": task.idempotency_fingerprint})
 
     def _take_token(self, bucket: str, per_minute: float) -> None:
@@ -356,7 +353,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
             wait = math.ceil((1.0 - tokens) * 60.0 / per_minute)
             raise RateLimited(f"Too many tasks started with this key (limit {per_minute:g} per minute); "
                               f"retry in {wait} s.", retry_after_seconds=wait)
-        self.cache.set(key, {"tokens": tokens - 1.0, "at": now})
+        put(self.cache, key, {"tokens": tokens - 1.0, "at": now})
 
     def _start(self, task: Task, worker: WorkerInfo, reason: str) -> None:
         task.worker = worker.as_dict()
@@ -368,7 +365,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         if self.queued_count() == 0:
             return None
         self.check_database()
-        alive = self.alive_workers()
+        alive = self.alive_recently()
         with self._transaction():
             running = self.live_running(alive)
             if admit(ahead=0, running=running, max_running=self.max_running,
@@ -433,7 +430,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
                 task.stopped_by = by
                 task.message = "stop requested"
                 task.history.append({"status": task.status.value, "at": now_iso(), "reason": "stop requested"})
-                self.cache.set(K_STOP + task_id, {"at": time.time(), "by": by})
+                put(self.cache, K_STOP + task_id, {"at": time.time(), "by": by})
                 return True
             return False
 
