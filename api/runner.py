@@ -23,7 +23,7 @@ from api.errors import ShuttingDown, StorageUnavailable
 from api.settings import Settings
 from api.store import TaskStore
 from api.workers import WorkerInfo
-from api.task import Task, TaskStatus, mask_secrets, new_task_id, now_iso
+from api.task import Task, TaskStatus, new_task_id, now_iso
 from etl import registry, runtime, secrets
 from etl.errors import StepStopped
 
@@ -161,6 +161,7 @@ class Runner:
             status=TaskStatus.QUEUED,
             created_at=now_iso(),
             params=params.model_dump(mode="json"),
+            secret_fields=[list(path) for path in secrets.secret_paths(type(params))],
             previous_outputs=body.get("previous_outputs") or {},
             custom_params=body.get("custom_params") or {},
             log_file=str(self.store.paths.log_file(task_id)),
@@ -197,8 +198,9 @@ class Runner:
             logger.info("task %s: step %s started on worker %s", task.task_id, task.step_name, self.worker.id)
             try:
                 step = registry.get_step(task.step_name, include_diagnostic=True)
-                # ${secret:name} references are resolved here, in the task's thread, never stored.
-                params = step.params_model.model_validate(secrets.resolve(task.params))
+                # ${secret:name} references are resolved here, in the task's thread, never stored: only in
+                # fields declared to carry them, after validation, so no validation error can quote a secret.
+                params = secrets.resolve_declared(step.params_model.model_validate(task.params))
                 result = step.run(params)
                 status, reason = TaskStatus.COMPLETED, "the step finished"
             except StepStopped as exc:
@@ -242,7 +244,7 @@ class Runner:
                 task.progress = context.progress
 
         if result is not None:
-            result = secrets.mask_values(mask_secrets(result))
+            result = secrets.mask_values(result)  # resolved values only: result keys are data, never masked by name
         self.store.finish(context.task_id, status, reason, result=result, error=error, extra=extra,
                           owner=self.worker.id)
 

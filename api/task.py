@@ -12,10 +12,16 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from etl import secrets
+
 TASK_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-# Parameter names whose values never leave the process in clear (files, /status, logs).
-SECRET_NAME_PATTERN = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential|pwd|senha", re.I)
+# Parameter names whose values never leave the process in clear (files, audit): whole words of the
+# name, so `passivo`, `Passivo Total`, `bypass`, `tokens` and `compass` are data, not secrets.
+SECRET_WORDS = frozenset({"password", "passwd", "pwd", "senha", "secret", "token", "apikey", "credential",
+                          "credentials", "privatekey"})
+SECRET_WORD_PAIRS = frozenset({("api", "key"), ("private", "key")})
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 MASK = "***"
 
 
@@ -69,15 +75,40 @@ def is_task_id(value: str) -> bool:
     return bool(TASK_ID_PATTERN.fullmatch(value))
 
 
-def mask_secrets(value: Any) -> Any:
-    """A copy of ``value`` with every secret-looking key's value replaced by ``***``."""
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter name says its value is a secret (``dbPassword``, ``api_key``, ``senha``)."""
+    words = [w.lower() for w in _WORD.findall(name)]
+    return any(w in SECRET_WORDS for w in words) or any(pair in SECRET_WORD_PAIRS for pair in zip(words, words[1:]))
+
+
+def _mask_declared(value: Any) -> Any:
+    # A value made only of ${secret:...} references holds no secret and tells support staff which one is used.
+    if isinstance(value, str):
+        only_references = secrets.REFERENCE.search(value) and not secrets.REFERENCE.sub("", value).strip()
+        return value if only_references or not value else MASK
+    if isinstance(value, list):
+        return [_mask_declared(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask_declared(v) for k, v in value.items()}
+    return value
+
+
+def mask_secrets(value: Any, secret_fields: list[list[str]] | None = None, path: tuple[str, ...] = ()) -> Any:
+    """Parameters as shown outside the process: declared secret fields and secret-named keys masked.
+
+    For parameters only; results are never rewritten by key name (only resolved values are masked).
+    """
+    declared = [tuple(p) for p in secret_fields or ()]
+    if declared and any(len(d) == len(path) and all(a in ("*", b) for a, b in zip(d, path)) for d in declared):
+        return _mask_declared(value)
     if isinstance(value, dict):
         return {
-            k: (MASK if isinstance(k, str) and SECRET_NAME_PATTERN.search(k) and v not in (None, "") else mask_secrets(v))
+            k: (MASK if isinstance(k, str) and is_secret_name(k) and v not in (None, "")
+                else mask_secrets(v, secret_fields, (*path, str(k))))
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [mask_secrets(v) for v in value]
+        return [mask_secrets(v, secret_fields, (*path, str(i))) for i, v in enumerate(value)]
     return value
 
 
@@ -110,6 +141,7 @@ class Task:
     idempotency_key: str | None = None
     idempotency_fingerprint: str | None = None
     queue_key: str | None = None
+    secret_fields: list[list[str]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     rev: int = 0
 
@@ -200,7 +232,7 @@ class Task:
     def file_view(self) -> dict[str, Any]:
         """What the JSON file holds for support staff: everything, secrets masked."""
         data = self.to_dict()
-        data["params"] = mask_secrets(self.params)
+        data["params"] = mask_secrets(self.params, self.secret_fields)
         data["custom_params"] = mask_secrets(self.custom_params)
         data["previous_outputs"] = mask_secrets(self.previous_outputs)
         return data

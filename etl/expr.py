@@ -7,23 +7,44 @@ backticks: `` `Valor Financeiro` > 0 ``.
 
 Allowed: numbers, 'text', True/False/None, columns, + - * / // % **, comparisons (== != < <= > >=,
 in [..], not in [..]), and/or/not, and the functions listed in FUNCTIONS.
+
+Bounded, so one expression cannot hold a worker: its length, size and nesting; whole numbers of at
+most MAX_INT_BITS bits (``9**9**9**9`` is refused before it is computed); text of at most
+MAX_TEXT_CHARS per value and MAX_TOTAL_TEXT_CHARS per column (``'a' * 10**9`` likewise); ``%`` only
+on numbers (on text it would be formatting); lists only after ``in``. The parts made of constants
+alone are computed when the expression is parsed, so those errors appear when a task is submitted.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import AfterValidator
 
 from etl.errors import EtlError
 
 
+MAX_EXPRESSION_CHARS = 10_000
+MAX_NODES = 5_000
+MAX_DEPTH = 60
+MAX_INT_BITS = 512
+MAX_TEXT_CHARS = 100_000
+MAX_TOTAL_TEXT_CHARS = 50_000_000
+MAX_ROUND_DIGITS = 30
+
+
 class ExpressionError(EtlError):
     """The expression is not valid."""
+
+
+class _Limit(Exception):
+    """An operation would exceed a bound (turned into an ExpressionError at its position)."""
 
 
 def _str(x: Any) -> Any:
@@ -32,7 +53,7 @@ def _str(x: Any) -> Any:
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "abs": lambda x: x.abs() if isinstance(x, pd.Series) else abs(x),
-    "round": lambda x, n=0: x.round(int(n)) if isinstance(x, pd.Series) else round(x, int(n)),
+    "round": lambda x, n=0: x.round(_digits(n)) if isinstance(x, pd.Series) else round(x, _digits(n)),
     "upper": lambda x: _str(x).str.upper() if isinstance(x, pd.Series) else str(x).upper(),
     "lower": lambda x: _str(x).str.lower() if isinstance(x, pd.Series) else str(x).lower(),
     "strip": lambda x: _str(x).str.strip() if isinstance(x, pd.Series) else str(x).strip(),
@@ -46,14 +67,85 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "max": lambda x, y: np.maximum(x, y),
 }
 
+def _digits(n: Any) -> int:
+    if isinstance(n, pd.Series) or not isinstance(n, (int, float)) or abs(n) > MAX_ROUND_DIGITS:
+        raise _Limit(f"round() takes a number of digits between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}")
+    return int(n)
+
+
+def _is_text(x: Any) -> bool:
+    if isinstance(x, pd.Series):
+        return not pd.api.types.is_numeric_dtype(x.dtype) and not pd.api.types.is_datetime64_any_dtype(x.dtype)
+    return isinstance(x, str)
+
+
+def _text_lengths(x: Any) -> Any:
+    if isinstance(x, pd.Series):
+        return x.astype("string").str.len().fillna(0)
+    return len(x) if isinstance(x, str) else len(str(x))
+
+
+def _check_text_size(lengths: Any) -> None:
+    """Refuse text results longer than the bounds (checked before the text is built)."""
+    if isinstance(lengths, pd.Series):
+        longest, total = (int(lengths.max()) if len(lengths) else 0), int(lengths.sum())
+    else:
+        longest = total = int(lengths)
+    if longest > MAX_TEXT_CHARS:
+        raise _Limit(f"the text would be {longest:,} characters long (at most {MAX_TEXT_CHARS:,})")
+    if total > MAX_TOTAL_TEXT_CHARS:
+        raise _Limit(f"the texts would hold {total:,} characters (at most {MAX_TOTAL_TEXT_CHARS:,})")
+
+
+def _check_int(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+        raise _Limit(f"the number would have more than {MAX_INT_BITS} bits")
+    return value
+
+
+def _add(a: Any, b: Any) -> Any:
+    if _is_text(a) and _is_text(b):
+        _check_text_size(_text_lengths(a) + _text_lengths(b))
+    return _check_int(a + b)
+
+
+def _mult(a: Any, b: Any) -> Any:
+    text, count = (a, b) if _is_text(a) else (b, a) if _is_text(b) else (None, None)
+    if text is not None:
+        # Repetition: size the result from the inputs, never by building it.
+        times = count.where(count > 0, 0) if isinstance(count, pd.Series) else max(count, 0) if isinstance(
+            count, (int, float)) else 0
+        _check_text_size(_text_lengths(text) * times)
+    return _check_int(a * b)
+
+
+def _mod(a: Any, b: Any) -> Any:
+    if _is_text(a) or _is_text(b):
+        raise _Limit("% needs numbers (on text it would be formatting)")
+    return a % b
+
+
+def _power(a: Any, b: Any) -> Any:
+    if isinstance(a, pd.Series) and a.dtype == object:
+        a = pd.to_numeric(a, errors="coerce")
+    if isinstance(b, pd.Series) and b.dtype == object:
+        b = pd.to_numeric(b, errors="coerce")
+    whole = (int, np.integer)
+    if isinstance(a, whole) and isinstance(b, whole) and b > 0 and abs(a) > 1:
+        # Refused before computing: 9**9**9**9 would hold the CPU (and the GIL) for hours.
+        if int(b) * math.log2(abs(int(a))) > MAX_INT_BITS:
+            raise _Limit(f"the power would have more than {MAX_INT_BITS} bits")
+    return _check_int(a**b)
+
+
 _BIN_OPS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
+    ast.Add: _add,
+    ast.Sub: lambda a, b: _check_int(a - b),
+    ast.Mult: _mult,
     ast.Div: lambda a, b: a / b,
     ast.FloorDiv: lambda a, b: a // b,
-    ast.Mod: lambda a, b: a % b,
-    ast.Pow: lambda a, b: a**b,
+    ast.Mod: _mod,
+    ast.Pow: _power,
 }
 _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.Eq: lambda a, b: a == b,
@@ -82,12 +174,17 @@ class Expression:
             self._names[placeholder] = match.group(1)
             return placeholder
 
+        if len(text) > MAX_EXPRESSION_CHARS:
+            raise ExpressionError(f"the expression is {len(text):,} characters long (at most {MAX_EXPRESSION_CHARS:,})")
         source = _BACKTICK.sub(hide, text)
         try:
             self._tree = ast.parse(source.strip() and source, mode="eval")
-        except SyntaxError as exc:
-            raise _error(text, max(0, (exc.offset or 1) - 1), f"syntax error ({exc.msg})") from None
+        except (SyntaxError, RecursionError, MemoryError) as exc:
+            offset = getattr(exc, "offset", None) or 1
+            raise _error(text, max(0, offset - 1), f"syntax error ({getattr(exc, 'msg', 'too deeply nested')})") from None
         self._check(self._tree.body)
+        self._check_shape(self._tree.body)
+        self._fold(self._tree.body)
 
     def _check(self, node: ast.AST) -> None:
         allowed = (ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Call, ast.Name,
@@ -104,6 +201,41 @@ class Expression:
                                  f"unknown function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
             if isinstance(child, ast.Constant) and not isinstance(child.value, (int, float, str, bool, type(None))):
                 raise _error(self.text, child.col_offset, "only numbers, text, True, False and None are allowed")
+            if isinstance(child, ast.Constant):
+                try:
+                    _check_int(child.value)
+                    if isinstance(child.value, str):
+                        _check_text_size(len(child.value))
+                except _Limit as exc:
+                    raise _error(self.text, child.col_offset, str(exc)) from None
+            if isinstance(child, ast.Compare):
+                for op, right in zip(child.ops, child.comparators):
+                    if isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, (ast.List, ast.Tuple)):
+                        right._after_in = True  # type: ignore[attr-defined]
+        for child in ast.walk(node):
+            if isinstance(child, (ast.List, ast.Tuple)) and not getattr(child, "_after_in", False):
+                raise _error(self.text, child.col_offset, "a list is allowed only after 'in', e.g. x in ['A', 'B']")
+
+    def _check_shape(self, node: ast.AST) -> None:
+        count = 0
+        stack = [(node, 1)]
+        while stack:
+            current, depth = stack.pop()
+            count += 1
+            if count > MAX_NODES:
+                raise ExpressionError(f"the expression has more than {MAX_NODES:,} parts")
+            if depth > MAX_DEPTH:
+                raise _error(self.text, getattr(current, "col_offset", 0), f"nested deeper than {MAX_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(current))
+
+    def _fold(self, node: ast.AST) -> None:
+        """Compute the parts made of constants alone now, so their errors come at parse time."""
+        if isinstance(node, (ast.BinOp, ast.UnaryOp)) and all(
+                isinstance(n, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)) for n in ast.walk(node)):
+            self._eval(node, pd.DataFrame())
+            return
+        for child in ast.iter_child_nodes(node):
+            self._fold(child)
 
     def columns(self) -> set[str]:
         names = {n.id for n in ast.walk(self._tree) if isinstance(n, ast.Name)}
@@ -130,7 +262,13 @@ class Expression:
                 return ~value.astype(bool) if isinstance(value, pd.Series) else not value
             return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.BinOp):
-            return _BIN_OPS[type(node.op)](self._eval(node.left, frame), self._eval(node.right, frame))
+            left, right = self._eval(node.left, frame), self._eval(node.right, frame)
+            try:
+                return _BIN_OPS[type(node.op)](left, right)
+            except _Limit as exc:
+                raise _error(self.text, node.col_offset, str(exc)) from None
+            except (ArithmeticError, TypeError, ValueError) as exc:
+                raise _error(self.text, node.col_offset, f"cannot compute this ({type(exc).__name__}: {exc})") from None
         if isinstance(node, ast.BoolOp):
             values = [self._eval(v, frame) for v in node.values]
             result = _as_bool(values[0], frame)
@@ -159,6 +297,8 @@ class Expression:
             args = [self._eval(arg, frame) for arg in node.args]
             try:
                 return FUNCTIONS[node.func.id](*args)
+            except _Limit as exc:
+                raise _error(self.text, node.col_offset, str(exc)) from None
             except TypeError as exc:
                 raise _error(self.text, node.col_offset, f"wrong arguments for {node.func.id}(): {exc}") from None
         raise _error(self.text, getattr(node, "col_offset", 0), f"{type(node).__name__} is not allowed")
@@ -174,3 +314,16 @@ def mask(text: str, frame: pd.DataFrame) -> pd.Series:
     """A boolean Series for a filter expression."""
     value = Expression(text).evaluate(frame)
     return _as_bool(value, frame)
+
+
+def check_expression(text: str) -> str:
+    """``text`` if it parses within the bounds; else ValueError (a parameter's 422 at submit)."""
+    try:
+        Expression(text)
+    except ExpressionError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+# A parameter holding an expression: parsed and checked when the task is submitted (422), not when it runs.
+ExpressionText = Annotated[str, AfterValidator(check_expression)]

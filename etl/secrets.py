@@ -1,9 +1,16 @@
 """Secrets for steps: ``${secret:name}`` references, resolved only inside the step that uses them.
 
+A reference is allowed only in a parameter declared to carry one (``SecretText``, or any type
+annotated with ``SecretField()``: credentials, connection strings); anywhere else (expressions,
+free text, paths, labels) it is refused when the task is submitted, so a secret can never be
+compared, echoed or measured by the parameters that use it. Declared fields are resolved after
+validation, on the validated model, and never validated again: a validation error cannot quote a
+secret value.
+
 A secret comes from the environment variable ``ETL_SECRET_<NAME>`` or from the encrypted file
 ``ETL_SECRETS_FILE`` (AES-256-GCM; the key, 32 bytes in base64, in ``ETL_SECRETS_KEY``). Every value
 resolved in a task is registered for masking, so it is written as ``***`` in task files, logs,
-results and error messages.
+results and error messages (also where it appears JSON- or repr-escaped).
 
     python -m etl.secrets new-key                 print a new key for ETL_SECRETS_KEY
     python -m etl.secrets set NAME                read the value from standard input
@@ -20,12 +27,21 @@ import os
 import re
 import sys
 import threading
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel
 
 from etl.errors import EtlError
 
 REFERENCE = re.compile(r"\$\{secret:([A-Za-z0-9_.-]+)\}")
+# Anything that looks like a reference, also misspelt ones, is refused outside declared fields.
+LOOKS_LIKE_REFERENCE = re.compile(r"\$\{\s*secret\s*:", re.I)
+SCHEMA_MARK = "x-secret"
 MASK = "***"
 _NONCE_BYTES = 12
 _FORMAT = "etl-secrets-v1"
@@ -36,6 +52,103 @@ _known: set[str] = set()  # every secret value resolved in this process, for mas
 
 class SecretError(EtlError):
     """A secret could not be found or decrypted."""
+
+
+@dataclass(frozen=True)
+class SecretField:
+    """Marks a parameter that may hold ``${secret:name}`` references; GET /steps shows it as ``x-secret``."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema[SCHEMA_MARK] = True
+        return schema
+
+
+SecretText = Annotated[str, SecretField()]
+
+# A path into parameters: field names, with "*" for any list item or dict value.
+FieldPath = tuple[str, ...]
+
+
+def _annotation_paths(annotation: Any, seen: frozenset[type]) -> Iterator[FieldPath]:
+    """Paths, relative to a value of this type, of the parts declared to carry secrets."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(annotation)
+        if any(isinstance(m, SecretField) for m in metadata):
+            yield ()
+            return
+        yield from _annotation_paths(base, seen)
+    elif origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            yield from _annotation_paths(arg, seen)
+    elif origin in (list, tuple, set, frozenset):
+        for arg in typing.get_args(annotation):
+            if arg is not Ellipsis:
+                yield from (("*", *p) for p in _annotation_paths(arg, seen))
+    elif origin is dict:
+        args = typing.get_args(annotation)
+        if len(args) == 2:
+            yield from (("*", *p) for p in _annotation_paths(args[1], seen))
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation not in seen:
+        yield from secret_paths(annotation, seen | {annotation})
+
+
+def secret_paths(model: type[BaseModel], seen: frozenset[type] = frozenset()) -> list[FieldPath]:
+    """Every path in ``model``'s parameters declared to carry secret references."""
+    paths: list[FieldPath] = []
+    for name, info in model.model_fields.items():
+        if any(isinstance(m, SecretField) for m in info.metadata):
+            paths.append((name,))
+            continue
+        paths.extend((name, *p) for p in _annotation_paths(info.annotation, seen | {model}))
+    return paths
+
+
+def _declared(path: FieldPath, declared: list[FieldPath]) -> bool:
+    return any(len(d) <= len(path) and all(a in ("*", b) for a, b in zip(d, path)) for d in declared)
+
+
+def misplaced_references(value: Any, declared: list[FieldPath], prefix: FieldPath = ()) -> list[FieldPath]:
+    """Paths of strings in ``value`` (keys included) holding a reference outside the declared paths."""
+    found: list[FieldPath] = []
+    if isinstance(value, str):
+        if LOOKS_LIKE_REFERENCE.search(value) and not _declared(prefix, declared):
+            found.append(prefix)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            path = (*prefix, str(key))
+            if isinstance(key, str) and LOOKS_LIKE_REFERENCE.search(key):
+                found.append(path)
+            found.extend(misplaced_references(item, declared, path))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found.extend(misplaced_references(item, declared, (*prefix, str(index))))
+    return found
+
+
+def _resolve_at(value: Any, path: FieldPath) -> Any:
+    if not path:
+        return resolve(value)
+    head, rest = path[0], path[1:]
+    if isinstance(value, BaseModel):
+        if head not in type(value).model_fields:
+            return value
+        # model_copy does not validate: the resolved value never meets a validator (or its error message).
+        return value.model_copy(update={head: _resolve_at(getattr(value, head), rest)})
+    if isinstance(value, dict):
+        keys = value if head == "*" else [k for k in value if k == head]
+        return {k: (_resolve_at(v, rest) if k in keys else v) for k, v in value.items()}
+    if isinstance(value, list) and head == "*":
+        return [_resolve_at(v, rest) for v in value]
+    return value
+
+
+def resolve_declared(params: BaseModel) -> BaseModel:
+    """A copy of validated ``params`` with the references in its declared secret fields resolved."""
+    for path in secret_paths(type(params)):
+        params = _resolve_at(params, path)
+    return params
 
 
 def _key(variable: str = "ETL_SECRETS_KEY") -> bytes:
@@ -117,23 +230,32 @@ def resolve(value: Any) -> Any:
     return value
 
 
+def _forms(secret: str) -> set[str]:
+    """The secret as it may appear in text: as is, JSON-escaped, repr-escaped (tracebacks, errors)."""
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
+    return {form for form in forms if form}
+
+
 def mask_text(text: str) -> str:
     """``text`` with every secret value this process resolved replaced by ``***``."""
     with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for secret in known:
-        if secret in text:
-            text = text.replace(secret, MASK)
+        known = list(_known)
+    if not known:
+        return text
+    for form in sorted({f for secret in known for f in _forms(secret)}, key=len, reverse=True):
+        if form in text:
+            text = text.replace(form, MASK)
     return text
 
 
 def mask_values(value: Any) -> Any:
+    """``value`` with every resolved secret masked in its strings (dict keys too); nothing else changes."""
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, list):
         return [mask_values(v) for v in value]
     if isinstance(value, dict):
-        return {k: mask_values(v) for k, v in value.items()}
+        return {(mask_text(k) if isinstance(k, str) else k): mask_values(v) for k, v in value.items()}
     return value
 
 

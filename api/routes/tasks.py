@@ -18,7 +18,7 @@ from api.json_body import StrictJsonRoute
 from api.schemas import GUARDED, StopAnswer, TaskAccepted, TaskList, answer, errors
 from api.store import StoreBusy
 from api.task import TaskStatus, is_task_id, mask_secrets
-from etl import registry
+from etl import registry, secrets
 from etl.errors import UnknownStep
 
 # Every JSON body is parsed strictly (NaN, Infinity and lone surrogates are 422s): api/json_body.py.
@@ -56,6 +56,17 @@ def _task_links(request: Request, task_id: str) -> dict[str, str]:
     }
 
 
+def _misplaced_references(step: registry.Step, body: RunRequest) -> list[dict[str, Any]]:
+    """Field errors for ${secret:...} references outside the fields declared to carry secrets."""
+    found = [("parameters", *path) for path in
+             secrets.misplaced_references(body.parameters, secrets.secret_paths(step.params_model))]
+    found += [("custom_params", *path) for path in secrets.misplaced_references(body.custom_params, [])]
+    found += [("previous_outputs", *path) for path in secrets.misplaced_references(body.previous_outputs, [])]
+    message = "a ${secret:...} reference is allowed only in fields declared to carry secrets (x-secret in GET /steps)"
+    return [{"loc": list(path), "field": ".".join(path), "msg": message, "type": "secret_not_allowed"}
+            for path in found]
+
+
 @router.post("/run/{step_name}", status_code=202, summary="Start a task",
              responses={**answer(202, TaskAccepted, "Accepted: poll status_url (also the Location header)."),
                         **errors(*GUARDED, 403, 404, 413, 422, 429, 503)})
@@ -70,13 +81,15 @@ async def run_step(
     """Start `step_name` as a task and answer at once with its id (202)."""
     step = _step(services, step_name)
     body = body or RunRequest()
+    problems = _misplaced_references(step, body)
     try:
         params = step.params_model.model_validate(body.parameters)
     except ValidationError as exc:
-        errors = field_errors(exc.errors(), ("parameters",))
+        problems += field_errors(exc.errors(), ("parameters",))
+    if problems:
         raise InvalidParameters(
-            f"Invalid parameters for step {step_name}: {describe_field_errors(errors)}.", errors=errors
-        ) from None
+            f"Invalid parameters for step {step_name}: {describe_field_errors(problems)}.", errors=problems
+        )
     idempotency = None
     if idempotency_key:
         request_json = json.dumps([step_name, body.model_dump()], sort_keys=True, default=str)
@@ -92,7 +105,7 @@ async def run_step(
         # Another process holds the write lock: wait for it off the event loop.
         task, replayed = await anyio.to_thread.run_sync(functools.partial(submit, wait=True))
     services.audit.record("run", identity, client, task_id=task.task_id, step=step_name, replayed=replayed,
-                          params=mask_secrets(task.params))
+                          params=mask_secrets(task.params, task.secret_fields))
     links = _task_links(request, task.task_id)
     content = {"task_id": task.task_id, "status": task.status.value, "step_name": task.step_name,
                "created_at": task.created_at, **links}

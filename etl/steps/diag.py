@@ -13,6 +13,7 @@ from etl import runtime
 from etl.errors import DiagnosticFailure
 from etl.process import run_command
 from etl.registry import step
+from etl.secrets import SecretText
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ time.sleep(float(sys.argv[1]))
 
 class NoopParams(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    credential: SecretText | None = Field(None, description="May hold ${secret:name}; returned (masked) with the rest.")
 
 
 class SleepParams(BaseModel):
@@ -46,6 +49,8 @@ class FailParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field("diagnostic failure", max_length=10_000, description="The error message to raise.")
+    credential: SecretText | None = Field(None, max_length=40, description="May hold ${secret:name}; the error quotes "
+                                          "it (exercises the masking of resolved secrets).")
 
 
 @step("diag_noop", NoopParams, "Do nothing", diagnostic=True)
@@ -82,5 +87,6 @@ def diag_sleep(params: SleepParams) -> dict[str, Any]:
 @step("diag_fail", FailParams, "Fail", diagnostic=True)
 def diag_fail(params: FailParams) -> None:
     """Raise an error with `message`."""
-    logger.info("failing on purpose: %s", params.message)
-    raise DiagnosticFailure(params.message)
+    message = f"{params.message} ({params.credential!r})" if params.credential else params.message
+    logger.info("failing on purpose: %s", message)
+    raise DiagnosticFailure(message)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from etl import brazil, runtime
 from etl.datasets import DataPath, DatasetError, ReadOptions, dataset_result, format_of, read_table, replacing, resolve, \
     write_csv, write_parquet
-from etl.expr import Expression, mask
+from etl.expr import Expression, ExpressionText, mask
 from etl.registry import step
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def convert_parquet(params: ConvertParams) -> dict[str, Any]:
 
 class FilterParams(_Params):
     dataset: DataPath | None = Field(None, description="Dataset path; default: previous_outputs.dataset, else a sample.")
-    where: str = Field("quantidade > 0", description="Keep the rows where this expression is true.")
+    where: ExpressionText = Field("quantidade > 0", description="Keep the rows where this expression is true.")
     columns: list[str] | None = Field(None, description="Keep only these columns.")
 
 
