@@ -1,7 +1,7 @@
 """Gunicorn settings and hooks (Linux/macOS). Every value comes from the ETL_* settings."""
 
 from api.logs import logging_config
-from api.settings import SettingsError, is_loopback, settings_or_exit
+from api.settings import SettingsError, is_loopback, settings_or_exit, warn_unknown_variables
 from api.startup import StartupError, mark_worker_lost, prepare_storage
 
 _settings = settings_or_exit()
@@ -33,6 +33,7 @@ def _bind_host(address):
 
 
 def on_starting(server):
+    warn_unknown_variables()
     # ETL_HOST is checked with the settings; a `-b` on the command line must not bypass that rule.
     if not _settings.api_keys_configured:
         for address in server.cfg.bind:

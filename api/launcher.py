@@ -7,7 +7,7 @@ import logging.config
 import sys
 
 from api.logs import logging_config
-from api.settings import CONNECTION_DRAIN_SECONDS, SettingsError, settings_or_exit
+from api.settings import CONNECTION_DRAIN_SECONDS, SettingsError, settings_or_exit, warn_unknown_variables
 from api.startup import StartupError, prepare_storage
 
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_or_exit()
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    warn_unknown_variables()
     try:
         prepare_storage(settings)
     except SettingsError as exc:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
-
-import json
 
 from etl import runtime, secrets
 
@@ -42,10 +41,17 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return secrets.mask_text(json.dumps(entry, ensure_ascii=False))
+        # Masked before encoding: JSON escapes a secret holding " or \\, and the escaped form would slip past.
+        return json.dumps(secrets.mask_values(entry), ensure_ascii=False)
 
 
 def logging_config(level: str, fmt: str = "text") -> dict[str, Any]:
+    """The whole logging set-up: the server log shows ``level`` and above, for every logger.
+
+    The ``etl`` loggers pass INFO on whatever ``level`` is, because task logs (the runner's handler
+    on the root logger) keep a step's INFO lines; the console handler filters them by ``level``.
+    """
+    etl_level = level if logging.getLevelName(level) < logging.INFO else "INFO"
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -56,11 +62,12 @@ def logging_config(level: str, fmt: str = "text") -> dict[str, Any]:
         },
         "handlers": {
             "console": {"class": "logging.StreamHandler", "formatter": "default", "filters": ["task_id"],
-                        "stream": "ext://sys.stderr"},
+                        "stream": "ext://sys.stderr", "level": level},
             "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
         },
         "root": {"level": level, "handlers": ["console"]},
         "loggers": {
+            "etl": {"level": etl_level},
             "gunicorn.error": {"level": level, "handlers": ["console"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
             "uvicorn.error": {"level": level, "handlers": ["console"], "propagate": False},

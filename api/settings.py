@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -11,7 +12,10 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from etl import settings as etl_settings
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
 
 ROLES = ("viewer", "operator", "admin")
 # Long-polls (GET /status?wait=60) must not hold up shutdown: after this many seconds open
@@ -180,9 +184,27 @@ def get_settings() -> Settings:
 
 
 def settings_or_exit() -> Settings:
-    """For entry points: the settings, or one clear line on stderr and exit status 2."""
+    """For entry points: the settings (the service's and the steps'), or one clear line on stderr and exit 2."""
     try:
-        return get_settings()
-    except SettingsError as exc:
+        settings = get_settings()
+        etl_settings.get_settings()  # a typo in a step setting stops the start, not every task later
+        return settings
+    except (SettingsError, etl_settings.SettingsError) as exc:
         print(f"etl-task-api: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def unknown_variables() -> list[str]:
+    """``ETL_*`` names in the environment or ``.env`` that no setting reads (typos, most likely)."""
+    known = {f"ETL_{name.upper()}" for name in Settings.model_fields} | etl_settings.known_names()
+    return sorted(name for name in etl_settings.variable_names()
+                  if name not in known and not etl_settings.is_dynamic_name(name))
+
+
+def warn_unknown_variables() -> list[str]:
+    """Log one warning naming the unknown ``ETL_*`` variables (for entry points, at start)."""
+    names = unknown_variables()
+    if names:
+        logger.warning("ignoring unknown setting(s) %s: no ETL_* setting has that name (a typo?); "
+                       "README 'Settings' lists them", ", ".join(names))
+    return names

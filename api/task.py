@@ -93,17 +93,21 @@ def _mask_declared(value: Any) -> Any:
     return value
 
 
+def _is_declared(path: tuple[str, ...], secret_fields: list[list[str]] | None) -> bool:
+    return any(len(d) == len(path) and all(a in ("*", b) for a, b in zip(d, path)) for d in secret_fields or ())
+
+
 def mask_secrets(value: Any, secret_fields: list[list[str]] | None = None, path: tuple[str, ...] = ()) -> Any:
     """Parameters as shown outside the process: declared secret fields and secret-named keys masked.
 
     For parameters only; results are never rewritten by key name (only resolved values are masked).
     """
-    declared = [tuple(p) for p in secret_fields or ()]
-    if declared and any(len(d) == len(path) and all(a in ("*", b) for a, b in zip(d, path)) for d in declared):
+    if _is_declared(path, secret_fields):
         return _mask_declared(value)
     if isinstance(value, dict):
         return {
             k: (MASK if isinstance(k, str) and is_secret_name(k) and v not in (None, "")
+                and not _is_declared((*path, k), secret_fields)
                 else mask_secrets(v, secret_fields, (*path, str(k))))
             for k, v in value.items()
         }

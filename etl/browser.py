@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from etl import runtime
+from etl import runtime, settings
 from etl.errors import EtlError, StepStopped
 from etl.process import kill_tree
 
@@ -46,15 +46,16 @@ def _default_paths() -> tuple[str, str]:
 
 
 def browser_config() -> dict[str, Any]:
-    """Paths and timeouts from ETL_CHROMEDRIVER_PATH, ETL_CHROMIUM_PATH, ETL_BROWSER_* variables."""
+    """Paths and timeouts from ETL_CHROMEDRIVER_PATH, ETL_CHROMIUM_PATH, ETL_BROWSER_* settings."""
     driver, chromium = _default_paths()
+    current = settings.get_settings()
     return {
-        "driver": os.environ.get("ETL_CHROMEDRIVER_PATH") or driver,
-        "chromium": os.environ.get("ETL_CHROMIUM_PATH") or chromium,
-        "page_load_timeout": float(os.environ.get("ETL_BROWSER_PAGE_LOAD_TIMEOUT", "60")),
-        "wait_timeout": float(os.environ.get("ETL_BROWSER_WAIT_TIMEOUT", "30")),
-        "download_timeout": float(os.environ.get("ETL_BROWSER_DOWNLOAD_TIMEOUT", "120")),
-        "extra_args": os.environ.get("ETL_BROWSER_ARGS", "").split(),
+        "driver": current.chromedriver_path or driver,
+        "chromium": current.chromium_path or chromium,
+        "page_load_timeout": current.browser_page_load_timeout,
+        "wait_timeout": current.browser_wait_timeout,
+        "download_timeout": current.browser_download_timeout,
+        "extra_args": current.browser_arg_list,
     }
 
 

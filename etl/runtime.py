@@ -16,31 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etl import secrets
+from etl import secrets, settings
 from etl.errors import StepStopped
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 20
 
 _local = threading.local()
 
 
-def _env_dir(name: str, default: Path) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    path = Path(value)
-    return path if path.is_absolute() else (_PROJECT_ROOT / path).resolve()
-
-
 def default_dirs() -> tuple[Path, Path, Path]:
-    """(input, output, work) folders from the ETL_* variables, as the service resolves them."""
-    storage = _env_dir("ETL_STORAGE_DIR", _PROJECT_ROOT / "task_storage")
-    return (
-        _env_dir("ETL_INPUT_DIR", _PROJECT_ROOT / "etl" / "samples"),
-        _env_dir("ETL_OUTPUT_DIR", storage / "outputs"),
-        _env_dir("ETL_WORK_DIR", storage / "runs"),
-    )
+    """(input, output, work) folders from the ETL_* settings, as the service resolves them."""
+    current_settings = settings.get_settings()
+    return current_settings.input_dir, current_settings.output_dir, current_settings.work_dir
 
 
 @dataclass

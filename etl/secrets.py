@@ -36,6 +36,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel
 
+from etl import settings
 from etl.errors import EtlError
 
 REFERENCE = re.compile(r"\$\{secret:([A-Za-z0-9_.-]+)\}")
@@ -152,7 +153,11 @@ def resolve_declared(params: BaseModel) -> BaseModel:
 
 
 def _key(variable: str = "ETL_SECRETS_KEY") -> bytes:
-    text = os.environ.get(variable, "")
+    if variable == "ETL_SECRETS_KEY":
+        configured = settings.get_settings().secrets_key
+        text = configured.get_secret_value() if configured else ""
+    else:  # ETL_SECRETS_NEW_KEY: read by `rotate` only
+        text = os.environ.get(variable, "")
     try:
         key = base64.b64decode(text, validate=True)
     except ValueError:
@@ -163,8 +168,7 @@ def _key(variable: str = "ETL_SECRETS_KEY") -> bytes:
 
 
 def _file() -> Path | None:
-    value = os.environ.get("ETL_SECRETS_FILE")
-    return Path(value) if value else None
+    return settings.get_settings().secrets_file
 
 
 def _load(path: Path, key: bytes) -> dict[str, str]:
@@ -231,8 +235,10 @@ def resolve(value: Any) -> Any:
 
 
 def _forms(secret: str) -> set[str]:
-    """The secret as it may appear in text: as is, JSON-escaped, repr-escaped (tracebacks, errors)."""
-    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
+    """The secret as it may appear in text: as is, repr-escaped (tracebacks, errors), and both JSON-escaped."""
+    forms = set()
+    for text in (secret, repr(secret)[1:-1]):
+        forms |= {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
     return {form for form in forms if form}
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import re
 import time
 import urllib.parse
@@ -27,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from etl import runtime, secrets
+from etl import runtime, secrets, settings
 from etl.browser import Browser, BrowserError, file_download, open_browser, wait_for_download
 from etl.errors import EtlError, StepStopped
 
@@ -94,8 +93,8 @@ class Recipe(BaseModel):
 
 def load_recipe(platform: str) -> Recipe:
     """The platform's recipe: ETL_RECIPES_DIR/<platform>.json if present, else the bundled one."""
-    override = os.environ.get("ETL_RECIPES_DIR")
-    path = Path(override) / f"{platform}.json" if override else None
+    override = settings.get_settings().recipes_dir
+    path = override / f"{platform}.json" if override else None
     if path is None or not path.is_file():
         path = RECIPES / f"{platform}.json"
     try:
@@ -124,7 +123,7 @@ def render(text: str, values: dict[str, Any]) -> str:
 
 def portal_url(recipe: Recipe) -> str:
     variable = f"ETL_PORTAL_{recipe.platform.upper()}_URL"
-    url = os.environ.get(variable) or recipe.base_url
+    url = settings.get_settings().portal_urls.get(recipe.platform.lower()) or recipe.base_url
     if not url:
         raise EtlError(f"no address for the {recipe.title} portal: set {variable}")
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):

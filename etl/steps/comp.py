@@ -11,17 +11,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from etl import runtime
 from etl.calendar import previous_business_day
 from etl.comp import rolling, stages
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
 from etl.comp.report import write_report
-from etl.datasets import DataPath, json_value, preview, resolve, write_csv, write_parquet
+from etl.datasets import DataPath, DatasetError, json_value, preview, resolve, write_csv, write_parquet
 from etl.registry import step
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,20 @@ class CompParams(BaseModel):
                                                           "config's default_run_date, else the previous business day.")
     inputConfigFilePath: DataPath | None = Field(None, description="Folder of control configs (default "
                                                               "ETL_INPUT_DIR/controls).")
-    inputConfigFilePattern: str = Field("*.json", description="Which config in that folder (must match one file).")
+    inputConfigFilePattern: str = Field("*.json", max_length=200, description="Which config in that folder (must "
+                                        "match one file); a file-name pattern that stays inside the folder.")
     rootFileDir: DataPath | None = Field(None, description="Root of the input files (default ETL_INPUT_DIR).")
     runEnv: str = Field("dev", max_length=20, description="Environment label, recorded in the report.")
-    tempFilePath: str | None = Field(None, description="Root of run folders (default ETL_WORK_DIR).")
+    tempFilePath: WorkPath | None = Field(None, description="Root of run folders (default ETL_WORK_DIR; relative "
+                                                           "paths are under it; it must stay inside the data folders).")
+
+    @field_validator("inputConfigFilePattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        parts = value.replace("\\", "/").split("/")
+        if not value or value.startswith(("/", "\\")) or ":" in value or ".." in parts:
+            raise ValueError("must be a file-name pattern inside inputConfigFilePath (no absolute path, drive or '..')")
+        return value
 
     @field_validator("expectedRunDate")
     @classmethod
@@ -49,6 +59,19 @@ class CompParams(BaseModel):
         if value is not None:
             parse_run_date(value)
         return value
+
+
+def _within_work_roots(value: str) -> str:
+    try:
+        resolve(value, base=runtime.work_root())
+    except DatasetError:
+        raise ValueError(f"{value!r} is outside the folders steps may use "
+                         "(ETL_INPUT_DIR, ETL_OUTPUT_DIR, ETL_WORK_DIR)") from None
+    return value
+
+
+# A run-folder root (v1 tempFilePath): relative to ETL_WORK_DIR; refused at submit (422) if it leaves the roots.
+WorkPath = Annotated[str, AfterValidator(_within_work_roots)]
 
 
 def parse_run_date(text: str) -> dt.date:
@@ -105,10 +128,19 @@ def _fill_from_previous(params: CompParams) -> CompParams:
     return CompParams.model_validate(values)
 
 
+def _inside_roots(path: Path) -> bool:
+    try:
+        resolve(path)
+    except DatasetError:
+        return False
+    return path.is_file()
+
+
 def open_run(params: CompParams) -> Run:
     params = _fill_from_previous(params)
     config_dir = resolve(params.inputConfigFilePath or "controls")
-    matches = sorted(config_dir.glob(params.inputConfigFilePattern))
+    # Only files inside the data folders are ever opened, whatever the pattern matched.
+    matches = sorted(m for m in config_dir.glob(params.inputConfigFilePattern) if _inside_roots(m))
     if not matches:
         raise ConfigError(f"no control config matches {params.inputConfigFilePattern!r} in {config_dir}")
     if len(matches) > 1:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from etl import calendar, runtime
+from etl import calendar, runtime, settings
 from etl.errors import EtlError
 from etl.process import run_command
 from etl.registry import step
@@ -62,17 +60,7 @@ def business_days(params: BusinessDaysParams) -> dict[str, Any]:
 
 def allowed_commands() -> dict[str, list[str]]:
     """ETL_TRUSTEE_COMMANDS: a JSON object of name -> command line (a list); the sample by default."""
-    text = os.environ.get("ETL_TRUSTEE_COMMANDS")
-    if not text:
-        return SAMPLE_TRUSTEE
-    try:
-        commands = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EtlError(f"ETL_TRUSTEE_COMMANDS is not JSON: {exc.msg}") from None
-    if not isinstance(commands, dict) or not all(
-            isinstance(v, list) and v and all(isinstance(a, str) for a in v) for v in commands.values()):
-        raise EtlError('ETL_TRUSTEE_COMMANDS must map names to command lines, e.g. {"trustee": ["python", "t.py"]}')
-    return commands
+    return settings.get_settings().trustee_command_map or SAMPLE_TRUSTEE
 
 
 class TrusteeParams(BaseModel):
@@ -95,6 +83,6 @@ def trustee_run(params: TrusteeParams) -> dict[str, Any]:
         args += ["--date", f"{params.run_date:%d/%m/%Y}"]
     started = dt.datetime.now()
     runtime.progress(5, f"running {params.command}")
-    run_command(args, cwd=os.environ.get("ETL_TRUSTEE_CWD") or None, timeout_seconds=params.timeout_seconds)
+    run_command(args, cwd=settings.get_settings().trustee_cwd, timeout_seconds=params.timeout_seconds)
     return {"command": params.command, "exit_code": 0,
             "duration_seconds": round((dt.datetime.now() - started).total_seconds(), 3)}
