@@ -230,10 +230,14 @@ class Expression:
 
     def _fold(self, node: ast.AST) -> None:
         """Compute the parts made of constants alone now, so their errors come at parse time."""
-        if isinstance(node, (ast.BinOp, ast.UnaryOp)) and all(
-                isinstance(n, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)) for n in ast.walk(node)):
+        if _constant(node) and not isinstance(node, ast.Constant):
             self._eval(node, pd.DataFrame())
             return
+        if isinstance(node, ast.Call) and node.func.id == "round" and len(node.args) == 2 and _constant(node.args[1]):
+            try:
+                _digits(self._eval(node.args[1], pd.DataFrame()))
+            except _Limit as exc:
+                raise _error(self.text, node.col_offset, str(exc)) from None
         for child in ast.iter_child_nodes(node):
             self._fold(child)
 
@@ -302,6 +306,12 @@ class Expression:
             except TypeError as exc:
                 raise _error(self.text, node.col_offset, f"wrong arguments for {node.func.id}(): {exc}") from None
         raise _error(self.text, getattr(node, "col_offset", 0), f"{type(node).__name__} is not allowed")
+
+
+def _constant(node: ast.AST) -> bool:
+    """Whether ``node`` is arithmetic on constants alone (no column, no function)."""
+    return isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Constant)) and all(
+        isinstance(n, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)) for n in ast.walk(node))
 
 
 def _as_bool(value: Any, frame: pd.DataFrame) -> Any:
