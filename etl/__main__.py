@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from etl import registry
+from etl import registry, secrets
 from etl.errors import EtlError
 
 
@@ -51,18 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         step = registry.get_step(argv[0], include_diagnostic=True)
-        params = step.params_model.model_validate(_parse_params(argv[1:]))
+        raw = _parse_params(argv[1:])
+        misplaced = secrets.misplaced_references(raw, secrets.secret_paths(step.params_model))
+        if misplaced:
+            raise ValueError(f"--{'.'.join(misplaced[0])}: a ${{secret:...}} reference is allowed only in fields "
+                             "declared to carry secrets")
+        params = step.params_model.model_validate(raw)
     except (EtlError, ValueError) as exc:
         message = exc if not isinstance(exc, ValidationError) else "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"python -m etl: {message}", file=sys.stderr)
         return 2
     try:
-        result = step.run(params)
+        result = step.run(secrets.resolve_declared(params))
     except EtlError as exc:
-        print(f"python -m etl: step {step.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(secrets.mask_text(f"python -m etl: step {step.name} failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 1
-    print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+    print(json.dumps(secrets.mask_values(result), ensure_ascii=False, indent=2, default=str))
     return 0
 
 

@@ -56,7 +56,7 @@ class FailParams(BaseModel):
 @step("diag_noop", NoopParams, "Do nothing", diagnostic=True)
 def diag_noop(params: NoopParams) -> dict[str, Any]:
     """Return the parameters it was given."""
-    return params.model_dump()
+    return params.model_dump(exclude={"credential"} if params.credential is None else None)
 
 
 @step("diag_sleep", SleepParams, "Sleep", diagnostic=True)
