@@ -21,6 +21,7 @@ results and error messages (also where it appears JSON- or repr-escaped).
 from __future__ import annotations
 
 import base64
+import functools
 import getpass
 import json
 import os
@@ -29,7 +30,7 @@ import sys
 import threading
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union
@@ -49,6 +50,7 @@ _FORMAT = "etl-secrets-v1"
 
 _lock = threading.Lock()
 _known: set[str] = set()  # every secret value resolved in this process, for masking
+_forms_longest_first: list[str] = []  # those values as they may appear in text, longest first
 
 
 class SecretError(EtlError):
@@ -95,7 +97,8 @@ def _annotation_paths(annotation: Any, seen: frozenset[type]) -> Iterator[FieldP
         yield from secret_paths(annotation, seen | {annotation})
 
 
-def secret_paths(model: type[BaseModel], seen: frozenset[type] = frozenset()) -> list[FieldPath]:
+@functools.lru_cache(maxsize=512)
+def secret_paths(model: type[BaseModel], seen: frozenset[type] = frozenset()) -> tuple[FieldPath, ...]:
     """Every path in ``model``'s parameters declared to carry secret references."""
     paths: list[FieldPath] = []
     for name, info in model.model_fields.items():
@@ -103,14 +106,14 @@ def secret_paths(model: type[BaseModel], seen: frozenset[type] = frozenset()) ->
             paths.append((name,))
             continue
         paths.extend((name, *p) for p in _annotation_paths(info.annotation, seen | {model}))
-    return paths
+    return tuple(paths)
 
 
-def _declared(path: FieldPath, declared: list[FieldPath]) -> bool:
+def _declared(path: FieldPath, declared: Sequence[FieldPath]) -> bool:
     return any(len(d) <= len(path) and all(a in ("*", b) for a, b in zip(d, path)) for d in declared)
 
 
-def misplaced_references(value: Any, declared: list[FieldPath], prefix: FieldPath = ()) -> list[FieldPath]:
+def misplaced_references(value: Any, declared: Sequence[FieldPath], prefix: FieldPath = ()) -> list[FieldPath]:
     """Paths of strings in ``value`` (keys included) holding a reference outside the declared paths."""
     found: list[FieldPath] = []
     if isinstance(value, str):
@@ -218,9 +221,14 @@ def lookup(name: str) -> str:
 
 
 def remember(value: str) -> None:
+    """Register ``value`` for masking (a resolved secret)."""
+    global _forms_longest_first
     if value:
         with _lock:
-            _known.add(value)
+            if value not in _known:
+                _known.add(value)
+                forms = {f for secret in _known for f in _forms(secret)}
+                _forms_longest_first = sorted(forms, key=len, reverse=True)
 
 
 def resolve(value: Any) -> Any:
@@ -244,11 +252,7 @@ def _forms(secret: str) -> set[str]:
 
 def mask_text(text: str) -> str:
     """``text`` with every secret value this process resolved replaced by ``***``."""
-    with _lock:
-        known = list(_known)
-    if not known:
-        return text
-    for form in sorted({f for secret in known for f in _forms(secret)}, key=len, reverse=True):
+    for form in _forms_longest_first:
         if form in text:
             text = text.replace(form, MASK)
     return text

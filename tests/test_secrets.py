@@ -97,7 +97,7 @@ def test_resolution_touches_only_declared_fields(monkeypatch: pytest.MonkeyPatch
         many: list[Annotated[str, SecretField()]] = []
         where: str = ""
 
-    assert secrets.secret_paths(Params) == [("connection",), ("inner", "password"), ("many", "*")]
+    assert secrets.secret_paths(Params) == (("connection",), ("inner", "password"), ("many", "*"))
     raw = {"connection": "DSN=x;PWD=${secret:dbpass}", "inner": {"password": "${secret:dbpass}", "label": "${secret:dbpass}"},
            "many": ["${secret:dbpass}"], "where": "'${secret:dbpass}' >= 'M'", "note": "${ Secret:dbpass}"}
     misplaced = secrets.misplaced_references(raw, secrets.secret_paths(Params))
