@@ -75,14 +75,17 @@ def _digits(n: Any) -> int:
 
 def _is_text(x: Any) -> bool:
     if isinstance(x, pd.Series):
-        return not pd.api.types.is_numeric_dtype(x.dtype) and not pd.api.types.is_datetime64_any_dtype(x.dtype)
+        if isinstance(x.dtype, pd.StringDtype):
+            return True
+        # Object columns also hold exact numbers (Decimal): only text values count as text.
+        return x.dtype == object and bool(x.map(lambda v: isinstance(v, str)).any())
     return isinstance(x, str)
 
 
 def _text_lengths(x: Any) -> Any:
     if isinstance(x, pd.Series):
-        return x.astype("string").str.len().fillna(0)
-    return len(x) if isinstance(x, str) else len(str(x))
+        return x.map(lambda v: len(v) if isinstance(v, str) else 0).astype("int64")
+    return len(x) if isinstance(x, str) else 0
 
 
 def _check_text_size(lengths: Any) -> None:
@@ -125,15 +128,21 @@ def _mod(a: Any, b: Any) -> Any:
     return a % b
 
 
+def _python_ints(x: Any) -> list[int]:
+    """The unbounded whole numbers in ``x`` (numpy's fixed-width ones cannot grow)."""
+    if isinstance(x, pd.Series):
+        if x.dtype != object:
+            return [int(x.max())] if pd.api.types.is_integer_dtype(x.dtype) and len(x) else []
+        return [v for v in x if isinstance(v, int) and not isinstance(v, bool)]
+    return [x] if isinstance(x, int) and not isinstance(x, bool) else []
+
+
 def _power(a: Any, b: Any) -> Any:
-    if isinstance(a, pd.Series) and a.dtype == object:
-        a = pd.to_numeric(a, errors="coerce")
-    if isinstance(b, pd.Series) and b.dtype == object:
-        b = pd.to_numeric(b, errors="coerce")
-    whole = (int, np.integer)
-    if isinstance(a, whole) and isinstance(b, whole) and b > 0 and abs(a) > 1:
+    bases = [abs(v) for v in _python_ints(a) if abs(v) > 1] if not isinstance(a, pd.Series) or a.dtype == object else []
+    exponents = [v for v in _python_ints(b) if v > 0]
+    if bases and exponents:
         # Refused before computing: 9**9**9**9 would hold the CPU (and the GIL) for hours.
-        if int(b) * math.log2(abs(int(a))) > MAX_INT_BITS:
+        if max(exponents) * math.log2(max(bases)) > MAX_INT_BITS:
             raise _Limit(f"the power would have more than {MAX_INT_BITS} bits")
     return _check_int(a**b)
 
