@@ -191,15 +191,30 @@ class Expression:
         except (SyntaxError, RecursionError, MemoryError) as exc:
             offset = getattr(exc, "offset", None) or 1
             raise _error(text, max(0, offset - 1), f"syntax error ({getattr(exc, 'msg', 'too deeply nested')})") from None
-        self._check(self._tree.body)
-        self._check_shape(self._tree.body)
-        self._fold(self._tree.body)
+        nodes = self._nodes(self._tree.body)
+        self._check(nodes)
+        self._fold(nodes)
 
-    def _check(self, node: ast.AST) -> None:
+    def _nodes(self, root: ast.AST) -> list[ast.AST]:
+        """Every node, parents first, within the size and nesting bounds (one pass, no recursion)."""
+        nodes: list[ast.AST] = []
+        stack = [(root, 1)]
+        while stack:
+            node, depth = stack.pop()
+            nodes.append(node)
+            if len(nodes) > MAX_NODES:
+                raise ExpressionError(f"the expression has more than {MAX_NODES:,} parts")
+            if depth > MAX_DEPTH:
+                raise _error(self.text, getattr(node, "col_offset", 0), f"nested deeper than {MAX_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+        return nodes
+
+    def _check(self, nodes: list[ast.AST]) -> None:
         allowed = (ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Call, ast.Name,
                    ast.Constant, ast.List, ast.Tuple, ast.Load, ast.And, ast.Or, ast.Not, ast.USub, ast.UAdd,
                    ast.In, ast.NotIn, *_BIN_OPS, *_COMPARE)
-        for child in ast.walk(node):
+        after_in: set[int] = set()
+        for child in nodes:
             if not isinstance(child, allowed):
                 offset = getattr(child, "col_offset", 0)
                 raise _error(self.text, offset, f"{type(child).__name__} is not allowed")
@@ -208,47 +223,36 @@ class Expression:
                     name = getattr(child.func, "id", "?")
                     raise _error(self.text, child.col_offset,
                                  f"unknown function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
-            if isinstance(child, ast.Constant) and not isinstance(child.value, (int, float, str, bool, type(None))):
-                raise _error(self.text, child.col_offset, "only numbers, text, True, False and None are allowed")
-            if isinstance(child, ast.Constant):
+            elif isinstance(child, ast.Constant):
+                if not isinstance(child.value, (int, float, str, bool, type(None))):
+                    raise _error(self.text, child.col_offset, "only numbers, text, True, False and None are allowed")
                 try:
                     _check_int(child.value)
                     if isinstance(child.value, str):
                         _check_text_size(len(child.value))
                 except _Limit as exc:
                     raise _error(self.text, child.col_offset, str(exc)) from None
-            if isinstance(child, ast.Compare):
-                for op, right in zip(child.ops, child.comparators):
-                    if isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, (ast.List, ast.Tuple)):
-                        right._after_in = True  # type: ignore[attr-defined]
-        for child in ast.walk(node):
-            if isinstance(child, (ast.List, ast.Tuple)) and not getattr(child, "_after_in", False):
+            elif isinstance(child, ast.Compare):
+                after_in.update(id(right) for op, right in zip(child.ops, child.comparators)
+                                if isinstance(op, (ast.In, ast.NotIn)))
+            elif isinstance(child, (ast.List, ast.Tuple)) and id(child) not in after_in:
+                # Parents come first, so a list's Compare has been seen; lists in arithmetic could be repeated.
                 raise _error(self.text, child.col_offset, "a list is allowed only after 'in', e.g. x in ['A', 'B']")
 
-    def _check_shape(self, node: ast.AST) -> None:
-        count = 0
-        stack = [(node, 1)]
-        while stack:
-            current, depth = stack.pop()
-            count += 1
-            if count > MAX_NODES:
-                raise ExpressionError(f"the expression has more than {MAX_NODES:,} parts")
-            if depth > MAX_DEPTH:
-                raise _error(self.text, getattr(current, "col_offset", 0), f"nested deeper than {MAX_DEPTH} levels")
-            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(current))
-
-    def _fold(self, node: ast.AST) -> None:
+    def _fold(self, nodes: list[ast.AST]) -> None:
         """Compute the parts made of constants alone now, so their errors come at parse time."""
-        if _constant(node) and not isinstance(node, ast.Constant):
-            self._eval(node, pd.DataFrame())
-            return
-        if isinstance(node, ast.Call) and node.func.id == "round" and len(node.args) == 2 and _constant(node.args[1]):
-            try:
-                _digits(self._eval(node.args[1], pd.DataFrame()))
-            except _Limit as exc:
-                raise _error(self.text, node.col_offset, str(exc)) from None
-        for child in ast.iter_child_nodes(node):
-            self._fold(child)
+        empty = None
+        for node in nodes:
+            if isinstance(node, (ast.BinOp, ast.UnaryOp)) and _constant(node):
+                empty = pd.DataFrame() if empty is None else empty
+                self._eval(node, empty)
+            elif isinstance(node, ast.Call) and node.func.id == "round" and len(node.args) == 2 and _constant(
+                    node.args[1]):
+                empty = pd.DataFrame() if empty is None else empty
+                try:
+                    _digits(self._eval(node.args[1], empty))
+                except _Limit as exc:
+                    raise _error(self.text, node.col_offset, str(exc)) from None
 
     def columns(self) -> set[str]:
         names = {n.id for n in ast.walk(self._tree) if isinstance(n, ast.Name)}

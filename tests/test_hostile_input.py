@@ -70,6 +70,16 @@ def test_filter_where_is_checked_by_validation():
     assert model.model_validate({"where": "quantidade > 0"}).where == "quantidade > 0"
 
 
+def test_a_bomb_in_a_control_config_fails_when_the_config_is_read(dirs):
+    """Finding 9: configs are files read at run time; a bomb in a rule is refused there, with its field path."""
+    path = dirs / "inputs" / "controls" / "positions_control.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["rules"][0]["when"] = "'a' * 10**9 == 'a'"  # parsed alone, it was accepted
+    path.write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"rules\.0\.when.*characters"):
+        run("reading_config_comp")
+
+
 def test_config_patterns_never_open_files_outside_the_folders(dirs):
     """Finding 14: a pattern reaching outside through a link matches nothing; the outside file is never parsed."""
     outside = dirs / "elsewhere"
