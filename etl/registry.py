@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from etl import secrets
 from etl.errors import UnknownStep
 
 # Modules whose import registers steps; etl.steps.diag holds the diagnostic ones.
@@ -27,7 +28,14 @@ class Step:
     diagnostic: bool = False
 
     def parameters_schema(self) -> dict[str, Any]:
-        return self.params_model.model_json_schema()
+        """The parameters' JSON schema; fields that may hold ``${secret:name}`` carry ``"x-secret": true``."""
+        schema = self.params_model.model_json_schema()
+        # SecretField marks the value's own schema; a top-level field is marked on its property too,
+        # so a client need not look inside anyOf for optional ones.
+        for path in secrets.secret_paths(self.params_model):
+            if len(path) == 1 and path[0] in schema.get("properties", {}):
+                schema["properties"][path[0]][secrets.SCHEMA_MARK] = True
+        return schema
 
     def run(self, params: BaseModel) -> Any:
         return self.func(params)
