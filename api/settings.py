@@ -194,9 +194,13 @@ def settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
+# Read by the command-line client (api.cli), not by the server; often set in the same shell.
+CLIENT_VARIABLES = frozenset({"ETL_URL", "ETL_API_KEY"})
+
+
 def unknown_variables() -> list[str]:
     """``ETL_*`` names in the environment or ``.env`` that no setting reads (typos, most likely)."""
-    known = {f"ETL_{name.upper()}" for name in Settings.model_fields} | etl_settings.known_names()
+    known = {f"ETL_{name.upper()}" for name in Settings.model_fields} | etl_settings.known_names() | CLIENT_VARIABLES
     return sorted(name for name in etl_settings.variable_names()
                   if name not in known and not etl_settings.is_dynamic_name(name))
 
@@ -207,4 +211,8 @@ def warn_unknown_variables() -> list[str]:
     if names:
         logger.warning("ignoring unknown setting(s) %s: no ETL_* setting has that name (a typo?); "
                        "README 'Settings' lists them", ", ".join(names))
+    present = etl_settings.variable_names()
+    if "ETL_API_KEY" in present and not {"ETL_API_KEYS", "ETL_API_KEYS_FILE"} & present:
+        logger.warning("ETL_API_KEY is the command-line client's key; the server reads ETL_API_KEYS "
+                       "(or ETL_API_KEYS_FILE), and none is set")
     return names

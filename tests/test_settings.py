@@ -73,12 +73,13 @@ def test_the_windows_launcher_needs_neither_gunicorn_nor_posix_modules():
 def test_unknown_etl_names_are_named_at_start(tmp_path):
     """A typo in an ETL_* name is logged at start; secrets and portal addresses are names by pattern."""
     result = _start({"ETL_STORAGE_DIR": str(tmp_path / "s"), "ETL_WORKERZ": "2", "ETL_SECRET_DB_PASS": "x",
-                     "ETL_PORTAL_AMPLIS_URL": "https://portal.example", "ETL_BROWSER_WAIT_TIMEOUT": "5"},
+                     "ETL_PORTAL_AMPLIS_URL": "https://portal.example", "ETL_BROWSER_WAIT_TIMEOUT": "5",
+                     "ETL_URL": "http://127.0.0.1:8000"},  # the client's, not a typo
                     "-m", "api", "prepare")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "unknown setting" in line]
     assert len(warnings) == 1 and "ETL_WORKERZ" in warnings[0], result.stderr
-    assert "ETL_SECRET_DB_PASS" not in warnings[0] and "ETL_PORTAL" not in warnings[0]
+    assert "ETL_SECRET_DB_PASS" not in warnings[0] and "ETL_PORTAL" not in warnings[0] and "ETL_URL" not in warnings[0]
     assert "not-a-key" not in _start({"ETL_SECRETS_KEY": "not-a-key"}, "-m", "api", "prepare").stderr
 
 
