@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import io
 import logging
 import math
 import os
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from etl import runtime
+from etl import money, runtime
 from etl.errors import EtlError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +37,13 @@ class ReadOptions(BaseModel):
 
     separator: str = Field(";", max_length=5)
     encoding: str = "latin-1"
-    decimal: str = Field(",", max_length=1)
-    sheet: str | int = 0
+    decimal: Literal[",", "."] = Field(",", description="Decimal mark of numbers: ',' (1.234,56) or '.' (1,234.56).")
+    thousands: Literal[".", ",", " ", ""] | None = Field(
+        None, description="Thousands separator; default: '.' with a decimal comma (a lone '1.500' is 1500), "
+                          "',' with a decimal point ('1.500' is 1.5).")
+    sheet: str | int | list[str | int] = Field(0, description="Excel: a sheet name or 0-based index; '*' or a "
+                                                            "list stacks sheets (workflow reads), adding a sheet "
+                                                            "column.")
     header_row: int | None = Field(0, ge=0, description="0-based row holding the column names; null: no header.")
     skip_rows: int = Field(0, ge=0)
     pages: list[int] | None = Field(None, description="PDF: 1-based pages to read tables from (default: all).")
@@ -59,6 +66,54 @@ def resolve(path: str | Path, base: Path | None = None) -> Path:
         raise DatasetError(f"{path} is outside the folders steps may use ({', '.join(str(r) for r in roots)})")
     return candidate
 
+
+
+def expand_paths(pattern: str) -> list[Path]:
+    """The files a path names; a glob (``*``, ``?``, ``[``) names every match, in name order."""
+    if not any(mark in pattern for mark in "*?["):
+        path = resolve(pattern)
+        if not path.exists():
+            raise DatasetError(f"{pattern} does not exist; {_folder_listing(path.parent)}")
+        return [path]
+    base = resolve(".")
+    matches = sorted(p.resolve() for p in base.glob(pattern) if p.is_file()) if not Path(pattern).is_absolute() \
+        else sorted(Path(p).resolve() for p in glob.glob(pattern) if Path(p).is_file())
+    matches = [resolve(p) for p in matches]
+    if not matches:
+        folder = resolve(str(Path(pattern).parent)) if "*" not in str(Path(pattern).parent) else base
+        raise DatasetError(f"no file matches {pattern}; {_folder_listing(folder)}")
+    return matches
+
+
+def _folder_listing(folder: Path, limit: int = 30) -> str:
+    if not folder.is_dir():
+        return f"the folder {folder.name or folder} does not exist either"
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    shown = ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+    return f"{folder.name or folder} holds: {shown or 'nothing'}"
+
+
+def concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Stack tables by column name; a column that is money in some parts stays exact in the whole."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = list(dict.fromkeys(c for part in parts for c in part.columns))
+    for name in names:
+        decimals = [part[name] for part in parts if name in part.columns and money.is_decimal(part[name])]
+        if not decimals:
+            continue
+        scale = max(money.scale_of(v) for v in decimals)
+        for part in parts:
+            if name in part.columns:
+                values = money.to_decimal(part[name], scale)
+                part[name] = pd.Series(pd.arrays.ArrowExtensionArray(
+                    pc.cast(pa.array(values.array), pa.decimal128(38, scale))), index=part.index)
+    whole = pd.concat(parts, ignore_index=True)
+    for name in names:
+        if money.is_decimal(whole[name]):
+            whole[name] = money.narrow(whole[name])
+    return whole
 
 
 def _within_roots(value: str) -> str:
@@ -116,7 +171,17 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
             from python_calamine import CalamineWorkbook
 
             book = CalamineWorkbook.from_path(str(path))
-            sheet = options.sheet if isinstance(options.sheet, str) else book.sheet_names[options.sheet]
+            names = book.sheet_names
+            sheet = options.sheet
+            if isinstance(sheet, list) or sheet == "*":
+                raise DatasetError(f"{path.name}: read one sheet at a time here (the workflow read_excel step "
+                                   f"stacks several); its sheets are: {', '.join(names)}")
+            if isinstance(sheet, int) and not -len(names) <= sheet < len(names):
+                raise DatasetError(f"{path.name} has {len(names)} sheet(s), so there is no sheet {sheet}; "
+                                   f"its sheets are: {', '.join(names)}")
+            if isinstance(sheet, str) and sheet not in names:
+                raise DatasetError(f"{path.name} has no sheet {sheet!r}; its sheets are: {', '.join(names)}")
+            sheet = sheet if isinstance(sheet, str) else names[sheet]
             rows = book.get_sheet_by_name(sheet).to_python(skip_empty_area=False)
             return _text_frame(rows[options.skip_rows:])
         if fmt == "pdf":
@@ -135,6 +200,15 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise DatasetError(f"cannot read {path.name} as {fmt}: {exc}") from None
     raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet, pdf, odbc)")
+
+
+def sheet_names(path: Path) -> list[str]:
+    from python_calamine import CalamineWorkbook
+
+    try:
+        return list(CalamineWorkbook.from_path(str(path)).sheet_names)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path.name} as xlsx: {exc}") from None
 
 
 def pdf_table_rows(path: Path, pages: list[int] | None = None) -> list[list[Any]]:
@@ -195,10 +269,7 @@ def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None =
     options = options or ReadOptions()
     fmt = fmt or format_of(path)
     if fmt == "parquet":
-        try:
-            return pd.read_parquet(path)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {path.name} as parquet: {exc}") from None
+        return read_parquet(path)
     raw = read_raw(path, fmt, options)
     if options.header_row is None:
         return raw
@@ -208,6 +279,22 @@ def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None =
     frame = raw.iloc[options.header_row + 1:].reset_index(drop=True)
     frame.columns = unique_names(header)
     return frame.dropna(how="all").reset_index(drop=True)
+
+
+def _decimal_dtype(kind: Any) -> pd.ArrowDtype | None:
+    import pyarrow as pa
+
+    return pd.ArrowDtype(kind) if pa.types.is_decimal(kind) else None
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A parquet file as a frame; decimal columns stay exact (decimal128, not Python objects)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pandas(types_mapper=_decimal_dtype)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path.name} as parquet: {exc}") from None
 
 
 def unique_names(names: list[str]) -> list[str]:
@@ -265,36 +352,14 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """A CSV as Brazilian tools expect it: ';', decimal comma, dd/mm/yyyy, UTF-8 with BOM; atomic.
-
-    Written with pyarrow's C++ writer (pandas' to_csv took ~15 s per million rows).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-
-    columns = {}
-    for name in frame.columns:
-        values = frame[name]
-        if pd.api.types.is_float_dtype(values):
-            text = pc.cast(pa.array(values.to_numpy(dtype="float64", na_value=float("nan")), from_pandas=True),
-                           pa.string())
-            columns[str(name)] = pc.replace_substring(text, ".", ",")
-        elif pd.api.types.is_datetime64_any_dtype(values):
-            columns[str(name)] = pc.strftime(pa.array(values, from_pandas=True), format="%d/%m/%Y")
-        else:
-            columns[str(name)] = pa.array(values.astype("string"), from_pandas=True)
-    table = pa.table(columns)
-    with replacing(path) as tmp, open(tmp, "wb") as out:
-        out.write(b"\xef\xbb\xbf")
-        pacsv.write_csv(table, out, pacsv.WriteOptions(delimiter=";", quoting_style="needed"))
-    return path
-
-
 def json_value(value: Any) -> Any:
+    """A cell for a JSON result: money as text with its places ("150000.00"), floats without noise."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
         return None
+    if isinstance(value, Decimal):
+        return money.json_text(value)
+    if isinstance(value, float):
+        return money.json_float(value)
     if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
         return value.strftime("%Y-%m-%d") if not isinstance(value, dt.datetime) or value.time() == dt.time() else value.isoformat()
     if hasattr(value, "item"):
@@ -311,6 +376,26 @@ def preview(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> dict[str, Any]:
     }
 
 
+def money_totals(frame: pd.DataFrame) -> dict[str, str]:
+    """The exact total of every decimal column, as text."""
+    return {str(c): money.json_text(money.total(frame[c])) for c in frame.columns if money.is_decimal(frame[c])}
+
+
 def dataset_result(frame: pd.DataFrame, path: Path, **extra: Any) -> dict[str, Any]:
     return {"dataset": str(path), "row_count": int(len(frame)), "columns": [str(c) for c in frame.columns],
+            "types": {str(c): type_name(frame[c]) for c in frame.columns}, "totals": money_totals(frame),
             "calculation_results": preview(frame), **extra}
+
+
+def type_name(values: pd.Series) -> str:
+    if money.is_decimal(values):
+        return f"decimal({money.scale_of(values)})"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "date"
+    if pd.api.types.is_bool_dtype(values):
+        return "bool"
+    if pd.api.types.is_integer_dtype(values):
+        return "integer"
+    if pd.api.types.is_float_dtype(values):
+        return "float"
+    return "text"

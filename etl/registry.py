@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from etl.errors import UnknownStep
 
 # Modules whose import registers steps; etl.steps.diag holds the diagnostic ones.
-STEP_MODULES = ("etl.steps.diag", "etl.steps.comp", "etl.steps.workflow", "etl.steps.operations",
+STEP_MODULES = ("etl.steps.diag", "etl.steps.comp", "etl.steps.workflow", "etl.steps.tables", "etl.steps.operations",
                 "etl.steps.portals", "etl.steps.backoffice")
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from etl.columns import ColumnType
 from etl.datasets import ReadOptions
 from etl.errors import EtlError
 from etl.expr import Expression, ExpressionError
 
 TOKENS = re.compile(r"\{(yyyy|yy|mm|dd|yyyymmdd|ddmmyyyy|yyyy-mm-dd|control)\}")
-FieldType = Literal["text", "text_upper", "number", "integer", "date", "cnpj", "document"]
 
 
 class ConfigError(EtlError):
@@ -48,7 +49,7 @@ class PreHarmonisation(_Strict):
 
 class Harmonisation(_Strict):
     rename: dict[str, str] = Field(default_factory=dict, description="Source column -> harmonised name.")
-    types: dict[str, FieldType] = Field(default_factory=dict, description="Harmonised column -> type.")
+    types: dict[str, ColumnType] = Field(default_factory=dict, description="Harmonised column -> type.")
     keep: list[str] | None = Field(None, description="Keep only these columns (after renaming).")
     invalid_cnpj: Literal["flag", "fail"] = "flag"
 
@@ -92,8 +93,9 @@ class Dataset(_Strict):
 
 class Compare(_Strict):
     column: str
-    abs_tolerance: float = Field(0.0, ge=0)
-    rel_tolerance: float = Field(0.0, ge=0, description="Relative to the larger absolute value.")
+    abs_tolerance: Decimal = Field(Decimal(0), ge=0, description="Exact: a difference of exactly this much is "
+                                                                  "within tolerance.")
+    rel_tolerance: Decimal = Field(Decimal(0), ge=0, description="Relative to the larger absolute value.")
 
 
 class Rule(_Strict):

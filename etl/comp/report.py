@@ -9,31 +9,17 @@ from typing import Any
 import pandas as pd
 
 from etl.datasets import replacing
-
-MAX_COLUMN_WIDTH = 50
+from etl.writers import column_width, excel_format, excel_ready
 
 
 def _sheet(writer: pd.ExcelWriter, frame: pd.DataFrame, name: str, formats: dict[str, Any]) -> None:
-    frame = frame.copy()
-    for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.StringDtype) or frame[column].dtype == "bool":
-            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-    frame.to_excel(writer, sheet_name=name, index=False, startrow=1, header=False)
+    excel_ready(frame).to_excel(writer, sheet_name=name, index=False, startrow=1, header=False)
     sheet = writer.sheets[name]
     for index, column in enumerate(frame.columns):
         sheet.write(0, index, str(column), formats["header"])
-        values = frame[column]
-        if pd.api.types.is_datetime64_any_dtype(values):
-            cell = formats["date"]
-        elif pd.api.types.is_float_dtype(values):
-            cell = formats["number"]
-        elif pd.api.types.is_integer_dtype(values):
-            cell = formats["integer"]
-        else:
-            cell = None
-        sample = values.head(200).astype("string").fillna("")
-        width = min(MAX_COLUMN_WIDTH, max([len(str(column))] + [len(v) for v in sample]) + 2)
-        sheet.set_column(index, index, width, cell)
+        kind = excel_format(frame[column])
+        cell = writer.book.add_format(kind) if kind else None
+        sheet.set_column(index, index, column_width(frame, column), cell)
     sheet.freeze_panes(1, 0)
     if len(frame.columns):
         sheet.autofilter(0, 0, max(len(frame), 1), len(frame.columns) - 1)

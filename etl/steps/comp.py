@@ -21,7 +21,8 @@ from etl.calendar import previous_business_day
 from etl.comp import rolling, stages
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
 from etl.comp.report import write_report
-from etl.datasets import DataPath, json_value, preview, resolve, write_csv, write_parquet
+from etl.datasets import DataPath, json_value, preview, read_parquet, resolve
+from etl.writers import write_csv, write_parquet
 from etl.registry import step
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Run:
         if not path.exists():
             raise stages.DataError(f"{path.name} is missing in {self.run_dir}: run {made_by} first "
                                    f"(for control {self.config.control}, {self.run_date:%d/%m/%Y})")
-        return pd.read_parquet(path)
+        return read_parquet(path)
 
     def save(self, frame: pd.DataFrame, name: str) -> Path:
         return write_parquet(frame, self.path(name))
@@ -178,7 +179,8 @@ def _harmonise(side: str, params: CompParams) -> dict[str, Any]:
     run = open_run(params)
     dataset = run.config.side(side)
     table = run.load(f"{side}_pre.parquet", f"pre_harmonisation_{side}_comp")
-    table, warnings = stages.harmonise(table, dataset.harmonisation, dataset.name)
+    table, warnings = stages.harmonise(table, dataset.harmonisation, dataset.name, decimal_mark=dataset.read.decimal,
+                                       thousands=dataset.read.thousands)
     for warning in warnings:
         logger.warning("%s", warning)
     run.save(table, f"{side}_harm.parquet")
