@@ -47,6 +47,8 @@ class ReadOptions(BaseModel):
     header_row: int | None = Field(0, ge=0, description="0-based row holding the column names; null: no header.")
     skip_rows: int = Field(0, ge=0)
     pages: list[int] | None = Field(None, description="PDF: 1-based pages to read tables from (default: all).")
+    layout_file: str | None = Field(None, description="CNAB: a JSON layout file (under the data folders) whose "
+                                                      "layouts override the bundled ones of the same name.")
     database: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$",
                                  description="ODBC (.sql files): connection name; its string is the secret odbc_<name>.")
 
@@ -188,6 +190,10 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
             return _text_frame(pdf_table_rows(path, options.pages)[options.skip_rows:])
         if fmt == "odbc":
             return _text_frame(odbc_query_rows(path, options)[options.skip_rows:])
+        if fmt in ("cnab240", "cnab400", "cnab444"):
+            from etl import cnab
+
+            return cnab.raw_table(path, fmt, resolve(options.layout_file) if options.layout_file else None)
         if fmt == "parquet":
             frame = pd.read_parquet(path)
             header = pd.DataFrame([list(map(str, frame.columns))], columns=frame.columns)
@@ -199,7 +205,7 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
                            "set read.encoding") from None
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise DatasetError(f"cannot read {path.name} as {fmt}: {exc}") from None
-    raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet, pdf, odbc)")
+    raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet, pdf, odbc, cnab240, cnab400, cnab444)")
 
 
 def sheet_names(path: Path) -> list[str]:

@@ -83,7 +83,8 @@ class Transform(_Strict):
 class Dataset(_Strict):
     name: str = Field(description="A short label used in reports, e.g. 'ADMIN'.")
     path: str = Field(description="File pattern under rootFileDir with tokens such as {yyyymmdd}, {dd}, {mm}.")
-    format: Literal["csv", "xlsx", "parquet", "pdf", "odbc"] | None = None
+    format: Literal["csv", "xlsx", "parquet", "pdf", "odbc", "cnab240", "cnab400", "cnab444"] | None = Field(
+        None, description="Default: from the file name; CNAB files name their layout (read.layout_file overrides it).")
     read: ReadOptions = Field(default_factory=ReadOptions)
     pre_harmonisation: PreHarmonisation = Field(default_factory=PreHarmonisation)
     harmonisation: Harmonisation = Field(default_factory=Harmonisation)

@@ -1,0 +1,43 @@
+"""Reading the files funds exchange: CNAB remittances (bank fixed-width) and Fundos.NET XML reports."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from etl import cnab
+from etl.datasets import DataPath, dataset_result, money_totals, resolve
+from etl.registry import step
+from etl.steps.workflow import save
+
+logger = logging.getLogger(__name__)
+
+
+class ReadCnabParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: DataPath = Field(description="The CNAB file under ETL_INPUT_DIR (latin-1, CRLF).")
+    layout: str = Field("cnab444", pattern=r"^[A-Za-z0-9_.-]+$",
+                        description="Layout name: cnab444 (FIDC receivables), cnab400, cnab240, or one in layout_file.")
+    layout_file: DataPath | None = Field(None, description="JSON file of layouts overriding the bundled ones "
+                                                           "(same shape as etl/data/cnab_layouts.json).")
+    encoding: str = Field("latin-1", max_length=20)
+
+
+@step("read_cnab", ReadCnabParams, "Read a CNAB file")
+def read_cnab(params: ReadCnabParams) -> dict[str, Any]:
+    """Read a CNAB 240/400/444 file by layout: detail records as a table (implied cents exact, ddmmyy dates);
+    line lengths, record types, sequence numbers and the trailer count are checked (errors name the line)."""
+    path = resolve(params.path)
+    found = cnab.read_cnab(path, params.layout, resolve(params.layout_file) if params.layout_file else None,
+                           params.encoding)
+    for warning in found.warnings:
+        logger.warning("%s", warning)
+    logger.info("%s: %d detail records, totals %s", path.name, len(found.detail), money_totals(found.detail))
+    target = save(found.detail, "read_cnab")
+    return dataset_result(found.detail, target, source=str(path), layout=params.layout, records=found.records,
+                          record_counts=found.counts, line_count=found.line_count, checks=found.checks,
+                          warnings=found.warnings)
+

@@ -1,0 +1,112 @@
+"""Files that mimic what funds exchange (made up here, never customer data): a CNAB-444 FIDC remittance
+with its CSV, and the expected totals as Decimals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from decimal import Decimal
+from pathlib import Path
+
+CNAB_WIDTH = 444
+
+
+def check_digits_cnpj(body: str) -> str:
+    def digit(text: str) -> str:
+        weights = list(range(len(text) - 7, 1, -1)) + list(range(9, 1, -1))
+        remainder = sum(int(c) * w for c, w in zip(text, weights)) % 11
+        return "0" if remainder < 2 else str(11 - remainder)
+
+    first = digit(body)
+    return body + first + digit(body + first)
+
+
+def check_digits_cpf(body: str) -> str:
+    for size in (9, 10):
+        total = sum(int(d) * w for d, w in zip(body, range(size + 1, 1, -1)))
+        body += str(total * 10 % 11 % 10)
+    return body
+
+
+def _put(line: list[str], start: int, end: int, value: str, numeric: bool = False) -> None:
+    width = end - start + 1
+    text = value.rjust(width, "0") if numeric else value.ljust(width)
+    assert len(text) == width, (start, end, value)
+    line[start - 1:end] = list(text)
+
+
+def _cents(value: Decimal, width: int) -> str:
+    return str(int(value * 100)).rjust(width, "0")
+
+
+def remittance(count: int = 64, seed: int = 11) -> list[dict]:
+    """Receivables with face and present values to the cent (present < face)."""
+    rng = random.Random(seed)
+    rows = []
+    for n in range(1, count + 1):
+        face = Decimal(rng.randint(10_000, 9_000_000)) / 100
+        present = (face * Decimal(rng.randint(9000, 9990)) / 10000).quantize(Decimal("0.01"))
+        sacado = check_digits_cpf(f"{rng.randint(10**8, 10**9 - 1)}") if n % 3 else check_digits_cnpj(
+            f"{rng.randint(10**7, 10**8 - 1):08d}0001")
+        rows.append({"seu_numero": f"DP{n:08d}", "vencimento": dt.date(2026, 3, 1) + dt.timedelta(days=n),
+                     "emissao": dt.date(2026, 1, 5), "valor_face": face, "valor_presente": present,
+                     "documento_sacado": sacado, "nome_sacado": f"Sacado Exemplo {n} Ltda", "cep": "02013003",
+                     "cedente": "07710496000136", "termo": f"TC{n:04d}"})
+    return rows
+
+
+def write_cnab444(path: Path, rows: list[dict], *, trailer_count: int | None = None) -> Path:
+    lines = []
+    header = [" "] * CNAB_WIDTH
+    for start, end, value, numeric in ((1, 1, "0", False), (2, 2, "1", False), (3, 9, "REMESSA", False),
+                                       (10, 11, "01", False), (12, 26, "COBRANCA", False),
+                                       (27, 46, "ORIGINADOR0001", False), (47, 76, "FIDC EXEMPLO MULTISSETORIAL", False),
+                                       (77, 79, "611", False), (80, 94, "PAULISTA S.A.", False),
+                                       (95, 100, "180226", False), (109, 110, "MX", False), (111, 117, "1", True)):
+        _put(header, start, end, value, numeric)
+    lines.append(header)
+    for row in rows:
+        line = [" "] * CNAB_WIDTH
+        inscription = "01" if len(row["documento_sacado"]) == 11 else "02"
+        for start, end, value, numeric in (
+                (1, 1, "1", False), (21, 22, "01", False), (25, 28, "0101", False), (38, 62, row["termo"], False),
+                (63, 65, "611", False), (71, 81, "0", True), (83, 92, "0", True), (95, 100, "000000", False),
+                (109, 110, "01", False), (111, 120, row["seu_numero"], False),
+                (121, 126, f"{row['vencimento']:%d%m%y}", False), (127, 139, _cents(row["valor_face"], 13), False),
+                (148, 149, "01", False), (151, 156, f"{row['emissao']:%d%m%y}", False),
+                (174, 192, row["termo"], False), (193, 205, _cents(row["valor_presente"], 13), False),
+                (206, 218, "0", True), (219, 220, inscription, False), (221, 234, row["documento_sacado"], True),
+                (235, 274, row["nome_sacado"], False), (275, 314, "Rua Exemplo, 100 - São Paulo", False),
+                (327, 334, row["cep"], False), (335, 380, "Cedente Exemplo Comércio S.A.", False),
+                (381, 394, row["cedente"], False)):
+            _put(line, start, end, value, numeric)
+        lines.append(line)
+    lines.append([" "] * CNAB_WIDTH)
+    lines[-1][0] = "9"
+    for number, line in enumerate(lines, start=1):
+        stated = trailer_count if (trailer_count is not None and number == len(lines)) else number
+        _put(line, 439, 444, str(stated), True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("".join("".join(line) + "\r\n" for line in lines).encode("latin-1"))
+    return path
+
+
+def _brazilian(value: Decimal) -> str:
+    text = f"{value:,.2f}"
+    return text.replace(",", "\x00").replace(".", ",").replace("\x00", ".")
+
+
+def write_stock_csv(path: Path, rows: list[dict], *, changed: dict[str, Decimal] | None = None,
+                    missing: set[str] | None = None) -> Path:
+    """The remittance as the originator's CSV (';', decimal comma, latin-1), optionally with breaks."""
+    changed, missing = changed or {}, missing or set()
+    lines = ["seu_numero;documento_sacado;cep;vencimento;valor_face;valor_presente"]
+    for row in rows:
+        if row["seu_numero"] in missing:
+            continue
+        present = changed.get(row["seu_numero"], row["valor_presente"])
+        lines.append(f"{row['seu_numero']};{row['documento_sacado']};{row['cep']};{row['vencimento']:%d/%m/%Y};"
+                     f"{_brazilian(row['valor_face'])};{_brazilian(present)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+    return path
