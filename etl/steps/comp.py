@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from etl import runtime
 from etl.calendar import previous_business_day
-from etl.comp import rolling, stages
+from etl.comp import rolling, stages, totals
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
 from etl.comp.report import write_report
 from etl.datasets import DataPath, json_value, preview, read_parquet, resolve
@@ -163,6 +163,7 @@ def _read(side: str, params: CompParams) -> dict[str, Any]:
     logger.info("reading %s (%s) from %s", dataset.name, side, path)
     raw = stages.read_dataset(path, dataset)
     run.save(raw, f"{side}_raw.parquet")
+    totals.record_read(run.run_dir, side, path, max(0, len(raw) - 1))
     return run.result(raw, file=str(path))
 
 
@@ -283,7 +284,11 @@ def output_rules_comp(params: CompParams) -> dict[str, Any]:
     by_category = (breaks.groupby(["category", "break_type"], dropna=False).size().reset_index(name="breaks")
                    if len(breaks) else pd.DataFrame(columns=["category", "break_type", "breaks"]))
     report = out_dir / resolve_tokens(run.config.output.report_name, run.run_date, run.config.control)
-    write_report(report, _summary(run, results), by_category, breaks,
+    sides = {side: {"name": run.config.side(side).name, **totals.files_read(run.run_dir, side),
+                    "before": run.load(f"{side}_harm.parquet", f"harmonisation_{side}_comp"),
+                    "after": run.load(f"{side}_final.parquet", f"data_transform_{side}_comp")} for side in SIDES}
+    control_totals = totals.control_totals(sides, results, [c.column for c in run.config.compare])
+    write_report(report, _summary(run, results), control_totals, by_category, breaks,
                  breaks[breaks["category"] == stages.UNEXPLAINED],
                  results[~results["break"]].head(run.config.output.matched_sample_rows))
     stem = f"{run.config.control}_{run.run_date:%Y%m%d}"
@@ -294,7 +299,7 @@ def output_rules_comp(params: CompParams) -> dict[str, Any]:
         runtime.add_artifact(path)
     histogram = {str(k): int(v) for k, v in breaks["category"].value_counts().items()}
     return run.result(breaks, files=files, report=str(report), histogram_data=histogram,
-                      break_count=int(len(breaks)))
+                      break_count=int(len(breaks)), control_totals=totals.totals_json(control_totals))
 
 
 @step("break_rolling_comp", CompParams, "Age the breaks")
@@ -373,10 +378,11 @@ def completeness_control_comp(params: CompParams) -> dict[str, Any]:
         logger.info("stage %d/%d: %s", index + 1, len(CHAIN), name)
         outcome = stage(params)
         stages_done[name] = {k: v for k, v in outcome.items() if k in ("row_count", "histogram_data", "warnings",
-                                                                       "files", "break_count")}
+                                                                       "files", "break_count", "control_totals")}
         final = outcome
     report = stages_done["output_rules_comp"]
     return {**{k: v for k, v in final.items() if k not in ("calculation_results",)},
             "calculation_results": final.get("calculation_results"), "stages": stages_done,
             "files": report.get("files", []) + final.get("files", []),
-            "break_count": report.get("break_count"), "histogram_data": final.get("histogram_data")}
+            "break_count": report.get("break_count"), "control_totals": report.get("control_totals"),
+            "histogram_data": final.get("histogram_data")}
