@@ -61,6 +61,12 @@ def machine_text(values: pd.Series, decimal_mark: str = ",", thousands: str | No
     text = text.str.strip("()")
     trailing_minus = (text.str.endswith("-") & (text.str.len() > 1)).fillna(False)
     text = text.where(~trailing_minus, "-" + text.str.rstrip("-"))
+    if thousands is None or thousands == ("." if decimal_mark == "," else ","):
+        # A separator where the convention does not allow it ("2,000.25" with a decimal comma) is no number.
+        mark, group = (",", r"\.") if decimal_mark == "," else (r"\.", ",")
+        shaped = text.str.fullmatch(rf"-?(\d{{1,3}}({group}\d{{3}})+|\d*)({mark}\d*)?") | text.str.fullmatch(
+            r"-?\d+\.\d+") if decimal_mark == "," else text.str.fullmatch(rf"-?(\d{{1,3}}({group}\d{{3}})+|\d*)({mark}\d*)?")
+        text = text.where(shaped.fillna(False) | text.isin(ZERO_MARKS).fillna(False))
     if decimal_mark == "," and thousands is None:
         has_comma = text.str.contains(",", regex=False)
         brazilian = text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
@@ -150,6 +156,10 @@ def narrow(values: pd.Series, scale: int | None = None) -> pd.Series:
     if not is_decimal(values):
         return values
     array = pa.array(values.array)
+    if pa.types.is_decimal256(array.type) or array.type.scale > MAX_SCALE:
+        # A computed column: the places its values use (rounded at MAX_SCALE), back in decimal128.
+        values = tidy(values, min(array.type.scale, MONEY_SCALE) if scale is None else scale)
+        array = pa.array(values.array)
     target = array.type.scale if scale is None else scale
     if scale is not None and scale < array.type.scale:
         array = pc.round(array, scale)
@@ -162,9 +172,26 @@ def tidy(values: Any, min_scale: int = MONEY_SCALE) -> Any:
     """A computed decimal column at the places its values use (at least ``min_scale``, at most MAX_SCALE)."""
     if not is_decimal(values):
         return values
-    text = pc.cast(pa.array(values.array), pa.string())
+    array = pa.array(values.array)
+    if array.type.scale > MAX_SCALE:
+        array = pc.round(array, MAX_SCALE)
+    text = pc.cast(array, pa.string())
     trimmed = pc.replace_substring_regex(pc.replace_substring_regex(text, r"(\.\d*?)0+$", r"\1"), r"\.$", "")
     return from_machine_text(pd.Series(trimmed.to_pandas(), dtype="string", index=values.index), min_scale)
+
+
+def widened(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its decimal columns as decimal256 (same precision and scale), for evaluating
+    expressions: arrow widens the precision on each operation and decimal128 stops at 38 digits
+    (``valor * taxa / 100`` needs 53). Results are narrowed back with ``tidy``."""
+    wide = {}
+    for column in frame.columns:
+        values = frame[column]
+        if is_decimal(values) and pa.types.is_decimal128(values.dtype.pyarrow_dtype):
+            kind = values.dtype.pyarrow_dtype
+            wide[column] = pd.Series(pd.arrays.ArrowExtensionArray(
+                pc.cast(pa.array(values.array), pa.decimal256(kind.precision, kind.scale))), index=values.index)
+    return frame.assign(**wide) if wide else frame
 
 
 def same_type(*arrays: pa.Array) -> list[pa.Array]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,20 @@ def excel_format(values: pd.Series) -> dict[str, Any] | None:
 
 
 def excel_ready(frame: pd.DataFrame) -> pd.DataFrame:
-    """Cells xlsxwriter writes as numbers: decimals as the nearest double (Excel holds doubles), NA as blank."""
+    """Cells xlsxwriter writes as numbers without float noise (decimals and rounded floats as text), NA as blank."""
     frame = frame.copy()
     for column in frame.columns:
         values = frame[column]
         if money.is_decimal(values):
-            frame[column] = values.astype("float64")
-        elif isinstance(values.dtype, (pd.StringDtype, pd.ArrowDtype)) or values.dtype == "bool":
+            # Decimals go to xlsxwriter as they are: it writes their text, where a double would be written
+            # with 16 digits (82181.46 as 82181.46000000001).
             frame[column] = values.astype(object).where(values.notna(), None)
         elif pd.api.types.is_float_dtype(values):
-            frame[column] = values.round(money.FLOAT_PLACES)
+            frame[column] = pd.Series([None if v != v else Decimal(repr(round(v, money.FLOAT_PLACES)))
+                                       for v in values.to_numpy(dtype="float64", na_value=float("nan"))],
+                                      index=values.index, dtype=object)
+        elif isinstance(values.dtype, (pd.StringDtype, pd.ArrowDtype)) or values.dtype == "bool":
+            frame[column] = values.astype(object).where(values.notna(), None)
     return frame
 
 

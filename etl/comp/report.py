@@ -32,7 +32,7 @@ def _cell(sheet: Any, row: int, col: int, value: Any, formats: dict[str, Any]) -
     if value is None or value is pd.NA or (isinstance(value, float) and value != value):
         sheet.write_blank(row, col, None)
     elif isinstance(value, Decimal):
-        sheet.write_number(row, col, float(value), formats["money"])
+        sheet.write_number(row, col, value, formats["money"])  # its text, not a 16-digit double
     elif isinstance(value, (dt.date, dt.datetime)):
         sheet.write_datetime(row, col, value if isinstance(value, dt.datetime) else
                              dt.datetime.combine(value, dt.time()), formats["date"])

@@ -183,9 +183,10 @@ def enrich(frame: pd.DataFrame, lookups: list[tuple[Enrichment, Path | None]], n
 def transform(frame: pd.DataFrame, steps: list[Transform]) -> pd.DataFrame:
     for step in steps:
         if step.filter is not None:
-            frame = frame[mask(step.filter, frame).to_numpy()].reset_index(drop=True)
+            frame = frame[mask(step.filter, money.widened(frame)).to_numpy()].reset_index(drop=True)
         else:
-            frame[step.column] = Expression(step.expr).evaluate(frame)
+            value = Expression(step.expr).evaluate(money.widened(frame))
+            frame[step.column] = money.tidy(value) if isinstance(value, pd.Series) else value
     return frame
 
 
@@ -265,7 +266,7 @@ def apply_rules(combined: pd.DataFrame, compare: list[Compare], rules: list[Rule
         open_breaks = frame["break"] & frame["category"].isna()
         if not open_breaks.any():
             break
-        hit = open_breaks & mask(rule.when, frame)
+        hit = open_breaks & mask(rule.when, money.widened(frame))
         frame.loc[hit, "category"] = rule.category
         frame.loc[hit, "explanation"] = rule.explanation
         frame.loc[hit, "rule"] = rule.name

@@ -155,7 +155,7 @@ def derive(params: DeriveParams) -> dict[str, Any]:
     frame, _ = load(params.dataset)
     for name, text in params.columns.items():
         try:
-            value = Expression(text).evaluate(frame)
+            value = Expression(text).evaluate(money.widened(frame))
         except (ArithmeticError, TypeError, ValueError) as exc:
             raise DatasetError(f"derive {name}: {text!r} cannot be computed here: {exc}") from None
         frame[name] = money.tidy(value) if isinstance(value, pd.Series) else value

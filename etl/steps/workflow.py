@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from etl import columns, runtime
+from etl import columns, money, runtime
 from etl.columns import ColumnType
 from etl.datasets import DataPath, DatasetError, ReadOptions, concat, dataset_result, expand_paths, format_of, \
     read_table, resolve, sheet_names
@@ -166,7 +166,7 @@ def filter_rows(params: FilterParams) -> dict[str, Any]:
     """Keep the rows matching an expression (and optionally only some columns)."""
     frame, _ = load(params.dataset)
     Expression(params.where)
-    kept = frame[mask(params.where, frame).to_numpy()]
+    kept = frame[mask(params.where, money.widened(frame)).to_numpy()]
     if params.columns:
         require(kept, params.columns, "filter")
         kept = kept[params.columns]
