@@ -54,6 +54,11 @@ def machine_text(values: pd.Series, decimal_mark: str = ",", thousands: str | No
     mark ("1.500" is 1.5) and commas are thousands separators unless ``thousands`` says otherwise.
     """
     text = values.astype("string").str.strip()
+    if decimal_mark == "," and thousands is None:
+        # The common case, one regex: plain Brazilian amounts ("1.234,56", "1234,5", "-10", "1.500").
+        plain = text.str.fullmatch(r"-?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")
+        if bool(plain.fillna(True).all()):
+            return text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
     text = text.str.replace("R$", "", regex=False).str.replace("\u00a0", "", regex=False).str.replace(
         " ", "", regex=False)
     zero = text.isin(ZERO_MARKS)

@@ -11,20 +11,13 @@ import numpy as np
 import pandas as pd
 
 from etl.datasets import replacing
-from etl.writers import column_width, excel_format, excel_ready
+from etl.writers import write_frame
 
 
 def _sheet(writer: pd.ExcelWriter, frame: pd.DataFrame, name: str, formats: dict[str, Any]) -> None:
-    excel_ready(frame).to_excel(writer, sheet_name=name, index=False, startrow=1, header=False)
-    sheet = writer.sheets[name]
-    for index, column in enumerate(frame.columns):
-        sheet.write(0, index, str(column), formats["header"])
-        kind = excel_format(frame[column])
-        cell = writer.book.add_format(kind) if kind else None
-        sheet.set_column(index, index, column_width(frame, column), cell)
-    sheet.freeze_panes(1, 0)
-    if len(frame.columns):
-        sheet.autofilter(0, 0, max(len(frame), 1), len(frame.columns) - 1)
+    sheet = writer.book.add_worksheet(name)
+    writer.sheets[name] = sheet
+    write_frame(writer.book, sheet, frame, formats["header"])
 
 
 def _cell(sheet: Any, row: int, col: int, value: Any, formats: dict[str, Any]) -> None:

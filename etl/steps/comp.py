@@ -75,12 +75,12 @@ class Run:
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
-    def load(self, name: str, made_by: str) -> pd.DataFrame:
+    def load(self, name: str, made_by: str, columns: list[str] | None = None) -> pd.DataFrame:
         path = self.path(name)
         if not path.exists():
             raise stages.DataError(f"{path.name} is missing in {self.run_dir}: run {made_by} first "
                                    f"(for control {self.config.control}, {self.run_date:%d/%m/%Y})")
-        return read_parquet(path)
+        return read_parquet(path, columns)
 
     def save(self, frame: pd.DataFrame, name: str) -> Path:
         return write_parquet(frame, self.path(name))
@@ -284,10 +284,12 @@ def output_rules_comp(params: CompParams) -> dict[str, Any]:
     by_category = (breaks.groupby(["category", "break_type"], dropna=False).size().reset_index(name="breaks")
                    if len(breaks) else pd.DataFrame(columns=["category", "break_type", "breaks"]))
     report = out_dir / resolve_tokens(run.config.output.report_name, run.run_date, run.config.control)
+    amounts = [c.column for c in run.config.compare]
     sides = {side: {"name": run.config.side(side).name, **totals.files_read(run.run_dir, side),
-                    "before": run.load(f"{side}_harm.parquet", f"harmonisation_{side}_comp"),
-                    "after": run.load(f"{side}_final.parquet", f"data_transform_{side}_comp")} for side in SIDES}
-    control_totals = totals.control_totals(sides, results, [c.column for c in run.config.compare])
+                    "before": run.load(f"{side}_harm.parquet", f"harmonisation_{side}_comp", amounts),
+                    "after": run.load(f"{side}_final.parquet", f"data_transform_{side}_comp", amounts)}
+             for side in SIDES}
+    control_totals = totals.control_totals(sides, results, amounts)
     write_report(report, _summary(run, results), control_totals, by_category, breaks,
                  breaks[breaks["category"] == stages.UNEXPLAINED],
                  results[~results["break"]].head(run.config.output.matched_sample_rows))
