@@ -15,7 +15,10 @@ from typing import Any
 TASK_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Parameter names whose values never leave the process in clear (files, /status, logs).
-SECRET_NAME_PATTERN = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential|pwd|senha", re.I)
+# "pass" at the end or as a word part (dbpass, db_pass, pass_db), not inside words such as "passivo"
+# (a fund's liabilities, a table of the FIDC monthly report).
+SECRET_NAME_PATTERN = re.compile(r"pass(word|wd)|pass$|(^|[_\-. ])pass[_\-. ]|secret|token|api[_-]?key|private[_-]?key|"
+                                 r"credential|pwd|senha", re.I)
 MASK = "***"
 
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.fund_files import remittance, write_cnab444, write_stock_csv
+from tests.fund_files import remittance, write_cnab444, write_informe, write_stock_csv
 from tests.server import ROOT, Server
 from tests.steps import SAMPLES
 
 RUN_DATE = "20260218"
 # Binary noise as a float prints it: 10954.759999999998, 0.30000000000000004, 85000.5000000001.
-NOISE = re.compile(r"\d[.,]\d*(9{6,}|0{6,})\d+")
+NOISE = re.compile(r"\d[.,]\d*(0{6,}[1-9]|9{6,}\d)")
 
 CONTROL = {
     "control": "cnab_remessa",
@@ -53,6 +53,7 @@ def _inputs(folder: Path) -> dict[str, Any]:
                rows[7]["seu_numero"]: rows[7]["valor_presente"] - Decimal("0.50")}
     write_stock_csv(folder / "cnab" / f"remessa_{RUN_DATE}.csv", rows, changed=changed,
                     missing={rows[10]["seu_numero"]})
+    write_informe(folder / "fundosnet" / "informe_mensal_012026.xml")
     (folder / "controls" / "cnab_control.json").write_text(json.dumps(CONTROL), encoding="utf-8")
     return {"rows": rows, "face": sum(r["valor_face"] for r in rows), "present": sum(r["valor_presente"] for r in rows)}
 
@@ -238,8 +239,9 @@ def test_workbook_sheets_stack_and_a_wrong_sheet_lists_the_sheets(fund_server):
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "ETL_INPUT_DIR": str(root / "inputs"), "ETL_OUTPUT_DIR": str(root / "cli-out"),
-           "ETL_WORK_DIR": str(root / "cli-runs")}
+    """The CLI with the server's folders, as an analyst at the same machine would run it."""
+    env = {"PATH": "/usr/bin:/bin", "ETL_INPUT_DIR": str(root / "inputs"), "ETL_OUTPUT_DIR": str(root / "outputs"),
+           "ETL_WORK_DIR": str(root / "runs")}
     return subprocess.run([sys.executable, "-m", "etl", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -267,3 +269,28 @@ def test_business_days_know_consciencia_negra_and_take_brazilian_dates(fund_serv
     assert "991 dates" in day["calendar"]
     week = _completed(server, "business_days", {"date": "18/11/2024", "end": "22/11/2024"})
     assert week["count"] == 4 and week["du"] == 3 and "after date up to and including end" in week["conventions"]["du"]
+
+
+def test_fundosnet_informe_reads_into_named_tables_with_exact_decimal_commas(fund_server):
+    server, root, _ = fund_server
+    report = _completed(server, "read_xml_report", {"path": "fundosnet/informe_mensal_012026.xml",
+                                                    "table": "inadimplencia"})
+    tables = report["tables"]
+    assert {"cabecalho", "patrimonio", "ativo", "passivo", "inadimplencia", "classes_cota",
+            "LISTA_INFORM/ATIVO/CARTEIRA"} <= set(tables)
+    assert Decimal(tables["patrimonio"]["totals"]["VL_PATRIM_LIQ"]) == Decimal("125430221.37")
+    assert Decimal(tables["passivo"]["totals"]["VL_PASSIVO"]) == Decimal("1569778.93")
+    assert report["row_count"] == 4 and Decimal(report["totals"]["VL_VENC"]) == Decimal("232340.42")
+    classes = tables["classes_cota"]
+    assert classes["row_count"] == 3 and classes["types"]["VL_COTA"] == "decimal(8)"
+    assert Decimal(classes["totals"]["QT_COTAS"]) == Decimal("95000")
+    header = dict(zip(tables["cabecalho"]["calculation_results"]["headers"],
+                      tables["cabecalho"]["calculation_results"]["table"][0]))
+    assert header["NR_CNPJ_FUNDO"] == "07710496000136" and header["DT_COMPT"] == "01/2026"
+    carteira = tables["LISTA_INFORM/ATIVO/CARTEIRA"]["totals"]
+    assert Decimal(carteira["VL_DIR_CRED_SEM_AQUIS"]) + Decimal(carteira["VL_DIR_CRED_COM_AQUIS"]) + Decimal(
+        tables["ativo"]["totals"]["VL_DISPONIB"]) == Decimal(tables["ativo"]["totals"]["VL_SOM_APLIC_ATIVO"])
+    _no_noise(json.dumps(report), "the informe's result")
+    total = _cli(root, "aggregate", "--dataset", report["dataset"], "--by", "[]", "--metrics", '{"VL_VENC": "sum"}')
+    assert total.returncode == 0, total.stderr
+    assert json.loads(total.stdout)["totals"] == {"VL_VENC_sum": "232340.42"}

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from etl import cnab
+from etl import cnab, xml_reports
 from etl.datasets import DataPath, dataset_result, money_totals, resolve
 from etl.registry import step
 from etl.steps.workflow import save
@@ -41,3 +41,34 @@ def read_cnab(params: ReadCnabParams) -> dict[str, Any]:
                           record_counts=found.counts, line_count=found.line_count, checks=found.checks,
                           warnings=found.warnings)
 
+
+
+class ReadXmlReportParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: DataPath = Field(description="The XML report under ETL_INPUT_DIR (e.g. a Fundos.NET informe mensal).")
+    layout: str = Field("fidc_informe_mensal", pattern=r"^[A-Za-z0-9_.-]+$",
+                        description="Layout naming the tables: fidc_informe_mensal, generic, or one in layout_file.")
+    layout_file: DataPath | None = Field(None, description="JSON file of layouts overriding the bundled ones "
+                                                           "(same shape as etl/data/xml_layouts.json).")
+    table: str | None = Field(None, description="The table passed on as `dataset` (default: the layout's first "
+                                                "table found).")
+
+
+@step("read_xml_report", ReadXmlReportParams, "Read an XML fund report")
+def read_xml_report(params: ReadXmlReportParams) -> dict[str, Any]:
+    """Read a Fundos.NET XML report into named tables (repeated blocks stay distinct rows; decimal commas exact)."""
+    path = resolve(params.path)
+    report = xml_reports.read_report(path, params.layout, resolve(params.layout_file) if params.layout_file else None)
+    for warning in report.warnings:
+        logger.warning("%s", warning)
+    if params.table is not None and params.table not in report.tables:
+        raise xml_reports.XmlReportError(f"{path.name} has no table {params.table!r}; its tables: "
+                                         f"{', '.join(report.tables)}")
+    tables = {}
+    for name, frame in report.tables.items():
+        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+        tables[name] = {**dataset_result(frame, save(frame, f"read_xml_report_{safe}")), "path": report.paths[name]}
+    chosen = params.table or next(iter(tables))
+    return {**tables[chosen], "table": chosen, "root": report.root, "tables": tables, "source": str(path),
+            "layout": params.layout, "warnings": report.warnings}
