@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from etl import money, runtime
+from etl import money, runtime, sniff
 from etl.errors import EtlError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ class ReadOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    separator: str = Field(";", max_length=5)
-    encoding: str = "latin-1"
+    separator: str | None = Field(None, max_length=5, description="CSV: field separator; default: sniffed from "
+                                                                  "the first lines (';', TAB, ',' or '|').")
+    encoding: str | None = Field(None, max_length=20, description="CSV: text encoding; default: UTF-8 (BOM or "
+                                                                  "not) when the bytes are UTF-8, else cp1252/latin-1.")
     decimal: Literal[",", "."] = Field(",", description="Decimal mark of numbers: ',' (1.234,56) or '.' (1,234.56).")
     thousands: Literal[".", ",", " ", ""] | None = Field(
         None, description="Thousands separator; default: '.' with a decimal comma (a lone '1.500' is 1500), "
@@ -161,13 +163,21 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
     """Every cell as text (columns c0, c1, ...), nothing interpreted: what pre-harmonisation cleans."""
     try:
         if fmt == "csv":
-            raw = path.read_bytes()
-            encoding = "utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else options.encoding
-            text = raw.decode(encoding)
-            frame = pd.read_csv(io.StringIO(text), sep=options.separator, header=None, dtype="string",
+            text, encoding = sniff.decode(path.read_bytes(), options.encoding)
+            markup = sniff.looks_like_markup(text)
+            if markup:
+                raise DatasetError(f"{path.name} is {markup}, not a CSV file (read an XML report with "
+                                   "read_xml_report)")
+            separator = options.separator or sniff.separator(text)
+            frame = pd.read_csv(io.StringIO(text), sep=separator, header=None, dtype="string",
                                 skiprows=options.skip_rows, keep_default_na=False, na_values=[""],
-                                skip_blank_lines=False)
+                                skip_blank_lines=False, engine="c" if len(separator) == 1 else "python")
             frame.columns = [f"c{i}" for i in range(frame.shape[1])]
+            warning = sniff.one_column_warning(text, separator, frame.shape[1])
+            frame.attrs["read"] = {"encoding": encoding, "separator": separator,
+                                   "sniffed": [k for k, v in (("encoding", options.encoding),
+                                                              ("separator", options.separator)) if v is None]}
+            frame.attrs["warnings"] = [f"{path.name}: {warning}"] if warning else []
             return frame
         if fmt == "xlsx":
             from python_calamine import CalamineWorkbook
@@ -202,7 +212,7 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
             return frame.astype("string")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path.name} is not {options.encoding} text ({exc.reason} at byte {exc.start}); "
-                           "set read.encoding") from None
+                           "set read.encoding (or leave it out to have it sniffed)") from None
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise DatasetError(f"cannot read {path.name} as {fmt}: {exc}") from None
     raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet, pdf, odbc, cnab240, cnab400, cnab444)")
@@ -281,10 +291,15 @@ def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None =
         return raw
     if options.header_row >= len(raw):
         raise DatasetError(f"{path.name} has {len(raw)} rows; header_row {options.header_row} is beyond them")
-    header = [str(v) if v is not None and not pd.isna(v) else f"c{i}" for i, v in enumerate(raw.iloc[options.header_row])]
+    cells = list(raw.iloc[options.header_row])
+    header = [str(v) if v is not None and not pd.isna(v) else f"c{i}" for i, v in enumerate(cells)]
     frame = raw.iloc[options.header_row + 1:].reset_index(drop=True)
     frame.columns = unique_names(header)
-    return frame.dropna(how="all").reset_index(drop=True)
+    frame = frame.dropna(how="all").reset_index(drop=True)
+    warning = sniff.header_warning([v if v is not None and not pd.isna(v) else None for v in cells])
+    frame.attrs = {"read": raw.attrs.get("read", {}),
+                   "warnings": raw.attrs.get("warnings", []) + ([f"{path.name}: {warning}"] if warning else [])}
+    return frame
 
 
 def _decimal_dtype(kind: Any) -> pd.ArrowDtype | None:

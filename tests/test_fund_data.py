@@ -294,3 +294,25 @@ def test_fundosnet_informe_reads_into_named_tables_with_exact_decimal_commas(fun
     total = _cli(root, "aggregate", "--dataset", report["dataset"], "--by", "[]", "--metrics", '{"VL_VENC": "sum"}')
     assert total.returncode == 0, total.stderr
     assert json.loads(total.stdout)["totals"] == {"VL_VENC_sum": "232340.42"}
+
+
+def test_a_tab_utf8_report_is_sniffed_and_a_wrong_read_says_so(fund_server):
+    server, root, _ = fund_server
+    report = "DIREITOS CREDITÓRIOS\tcedente_cnpj\tvalor_aquisicao\tvalor_presente\r\n" + "".join(
+        f"Duplicata {n}\t07710496000136\t{n}.000,{n:02d}\t{n - 1}.999,99\r\n" for n in range(1, 13))
+    (root / "inputs" / "ted_relatorio.txt").write_bytes(report.encode("utf-8"))
+    read = _completed(server, "read_csv", {"path": "ted_relatorio.txt"})
+    assert read["read"] == {"encoding": "utf-8", "separator": "\t", "sniffed": ["encoding", "separator"]}
+    assert read["columns"][0] == "DIREITOS CREDITÓRIOS" and read["row_count"] == 12 and read["warnings"] == []
+    assert Decimal(read["totals"]["valor_aquisicao"]) == sum(Decimal(f"{n}000.{n:02d}") for n in range(1, 13))
+    assert Decimal(read["totals"]["valor_presente"]) == sum(Decimal(f"{n - 1}999.99") for n in range(1, 13))
+    forced = _completed(server, "read_csv", {"path": "ted_relatorio.txt", "read": {"separator": ";"}})
+    assert forced["columns"] == ["DIREITOS CREDITÓRIOS\tcedente_cnpj\tvalor_aquisicao\tvalor_presente"]
+    assert any("split by TAB" in w for w in forced["warnings"])
+    (root / "inputs" / "sem_cabecalho.csv").write_bytes(b"07710496000136;18/02/2026;1.500,00\r\n"
+                                                        b"11222333000181;18/02/2026;2.000,10\r\n")
+    headless = _completed(server, "read_csv", {"path": "sem_cabecalho.csv"})
+    assert any("header row looks like data" in w for w in headless["warnings"])
+    response = server.client.post("/run/read_csv", json={"parameters": {"path": "fundosnet/informe_mensal_012026.xml"}})
+    failed = server.wait_for(response.json()["task_id"], timeout=60)
+    assert failed["status"] == "failed" and "is XML, not a CSV file" in failed["error"]["message"]

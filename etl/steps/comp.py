@@ -164,7 +164,10 @@ def _read(side: str, params: CompParams) -> dict[str, Any]:
     raw = stages.read_dataset(path, dataset)
     run.save(raw, f"{side}_raw.parquet")
     totals.record_read(run.run_dir, side, path, max(0, len(raw) - 1))
-    return run.result(raw, file=str(path))
+    warnings = raw.attrs.get("warnings", [])
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return run.result(raw, file=str(path), read=raw.attrs.get("read", {}), warnings=warnings)
 
 
 def _pre_harmonise(side: str, params: CompParams) -> dict[str, Any]:

@@ -87,8 +87,12 @@ def read_files(params: ReadCsvParams, fmt: str) -> tuple[pd.DataFrame, list[Path
     """Read (and stack) the files a path or glob names; the typing's warnings and invalid documents."""
     paths = expand_paths(params.path)
     parts = []
+    read_as: dict[str, Any] = {}
+    warnings: list[str] = []
     for path in paths:
         for sheet, frame in _read_one(path, fmt, params.read):
+            read_as = read_as or frame.attrs.get("read", {})
+            warnings += frame.attrs.get("warnings", [])
             if sheet is not None:
                 frame.insert(0, "sheet", sheet)
             if len(paths) > 1:
@@ -98,9 +102,12 @@ def read_files(params: ReadCsvParams, fmt: str) -> tuple[pd.DataFrame, list[Path
     first_row = (params.read.header_row or 0) + params.read.skip_rows + 2
     frame, found = columns.type_frame(frame, params.types, paths[0].name, decimal_mark=params.read.decimal,
                                       thousands=params.read.thousands, infer=params.typed, first_row=first_row)
-    for warning in found.warnings:
+    warnings += found.warnings
+    for warning in warnings:
         logger.warning("%s", warning)
-    extra: dict[str, Any] = {"warnings": found.warnings}
+    extra: dict[str, Any] = {"warnings": warnings}
+    if read_as:
+        extra["read"] = read_as
     if found.invalid_documents:
         extra["invalid_documents"] = found.invalid_documents
         extra["invalid_document_count"] = found.invalid_count
