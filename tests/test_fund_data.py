@@ -316,3 +316,20 @@ def test_a_tab_utf8_report_is_sniffed_and_a_wrong_read_says_so(fund_server):
     response = server.client.post("/run/read_csv", json={"parameters": {"path": "fundosnet/informe_mensal_012026.xml"}})
     failed = server.wait_for(response.json()["task_id"], timeout=60)
     assert failed["status"] == "failed" and "is XML, not a CSV file" in failed["error"]["message"]
+
+
+def test_a_glob_stacks_files_with_source_file_and_stack_unions_datasets(fund_server):
+    server, root, expected = fund_server
+    rows = expected["rows"]
+    write_stock_csv(root / "inputs" / "estoques" / "parte_1.csv", rows[:30])
+    write_stock_csv(root / "inputs" / "estoques" / "parte_2.csv", rows[30:])
+    read = _completed(server, "read_csv", {"path": "estoques/parte_*.csv"})
+    assert read["row_count"] == 64 and read["columns"][0] == "source_file"
+    assert Decimal(read["totals"]["valor_face"]) == expected["face"]
+    cnab = _completed(server, "read_cnab", {"path": f"cnab/remessa_{RUN_DATE}.rem"})
+    both = _completed(server, "stack", {"datasets": [cnab["dataset"]]}, previous={"dataset": read["dataset"]})
+    assert both["row_count"] == 128 and both["stacked"] == [64, 64]
+    assert Decimal(both["totals"]["valor_presente"]) == 2 * expected["present"]
+    response = server.client.post("/run/read_csv", json={"parameters": {"path": "estoques/nada_*.csv"}})
+    failed = server.wait_for(response.json()["task_id"], timeout=60)
+    assert "estoques holds: parte_1.csv, parte_2.csv" in failed["error"]["message"]
