@@ -72,8 +72,7 @@ def _fields(lines: pd.Series, fields: list[dict[str, Any]]) -> pd.DataFrame:
     return table.astype("string")
 
 
-def _typed(table: pd.DataFrame, fields: list[dict[str, Any]], name: str, line_numbers: pd.Series) -> tuple[
-        pd.DataFrame, list[str]]:
+def _typed(table: pd.DataFrame, fields: list[dict[str, Any]], name: str) -> tuple[pd.DataFrame, list[str]]:
     found = columns.Typing()
     for spec in fields:
         kind = spec.get("type", "text")
@@ -156,12 +155,11 @@ def read_cnab(path: Path, layout_name: str, layout_file: Path | None = None, enc
         else:
             table = _fields(rows, record["fields"])
         fields = [f for part in record.get("segments", {"": record.get("fields", [])}).values() for f in part]
-        table, found = _typed(table, [f for f in fields if f["name"] in table.columns], f"{name} {record['name']}",
-                              numbers[chosen])
+        table, found = _typed(table, [f for f in fields if f["name"] in table.columns], f"{name} {record['name']}")
         warnings += found
         if kind in spec["detail"]:
-            table.insert(0, "linha", numbers[chosen].to_numpy()[:len(table)] if "segments" not in record
-                         else table.pop("linha"))
+            # The file line of each title (of its first segment), to find it in the file.
+            table.insert(0, "linha", table.pop("linha") if "segments" in record else numbers[chosen].to_numpy())
             detail_parts.append(table)
         else:
             records[record["name"]] = [{k: _plain(v) for k, v in row.items()} for row in table.to_dict("records")]
@@ -182,7 +180,8 @@ def _segments(rows: pd.Series, record: dict[str, Any], numbers: pd.Series, name:
         parts.append(part)
     sizes = {letter: len(part) for letter, part in zip(order, parts)}
     if len(set(sizes.values())) > 1:
-        raise CnabError(f"{name}: the detail segments do not pair up ({', '.join(f'{k}: {v}' for k, v in sizes.items())})")
+        counted = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+        raise CnabError(f"{name}: the detail segments do not pair up ({counted})")
     return pd.concat(parts, axis=1)
 
 

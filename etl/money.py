@@ -8,7 +8,6 @@ narrowed back with ``narrow`` wherever this package does arithmetic itself.
 
 from __future__ import annotations
 
-import decimal
 import math
 from decimal import Decimal
 from typing import Any
@@ -256,5 +255,5 @@ def to_integers(values: pd.Series) -> pd.Series:
     return pd.Series(pd.array(array, dtype="Int64"), index=values.index)
 
 
-__all__ = ["Decimal", "decimal", "from_machine_text", "is_decimal", "json_text", "machine_text", "narrow",
+__all__ = ["from_machine_text", "is_decimal", "json_text", "machine_text", "narrow",
            "parse_cents", "parse_decimal", "scale_of", "to_decimal", "to_integers", "to_text", "total"]

@@ -333,3 +333,45 @@ def test_a_glob_stacks_files_with_source_file_and_stack_unions_datasets(fund_ser
     response = server.client.post("/run/read_csv", json={"parameters": {"path": "estoques/nada_*.csv"}})
     failed = server.wait_for(response.json()["task_id"], timeout=60)
     assert "estoques holds: parte_1.csv, parte_2.csv" in failed["error"]["message"]
+
+
+def _fixed(width: int, fields: dict[tuple[int, int], str]) -> str:
+    line = [" "] * width
+    for (start, end), value in fields.items():
+        line[start - 1:end] = list(value.rjust(end - start + 1, "0") if value.isdigit() else
+                                   value.ljust(end - start + 1))
+    return "".join(line)
+
+
+def test_cnab240_pairs_segments_and_a_layout_file_overrides_a_position(dirs):
+    from tests.steps import run
+
+    def record(kind: str, extra: dict) -> str:
+        return _fixed(240, {(1, 3): "341", (8, 8): kind, **extra})
+
+    lines = [record("0", {(4, 7): "0000", (144, 151): "18022026"}), record("1", {(4, 7): "0001"})]
+    for n, (value, payer) in enumerate((("150000", "07710496000136"), ("8550", "11222333000181")), start=1):
+        lines.append(record("3", {(4, 7): "0001", (9, 13): str(2 * n - 1), (14, 14): "P", (63, 77): f"DOC{n}",
+                                  (78, 85): "20032026", (86, 100): value}))
+        lines.append(record("3", {(4, 7): "0001", (9, 13): str(2 * n), (14, 14): "Q", (19, 33): payer,
+                                  (34, 73): f"Pagador {n}", (129, 136): "02013003"}))
+    lines.append(record("5", {(4, 7): "0001", (18, 23): "6"}))
+    lines.append(record("9", {(4, 7): "9999", (18, 23): "1", (24, 29): "8"}))
+    (dirs / "inputs" / "cobranca.rem").write_bytes(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+    result = run("read_cnab", path="cobranca.rem", layout="cnab240")
+    assert result["row_count"] == 2 and result["totals"]["valor_titulo"] == "1585.50"
+    first = dict(zip(result["calculation_results"]["headers"], result["calculation_results"]["table"][0], strict=True))
+    assert first["documento_pagador"] == "007710496000136" and first["cep_pagador"] == "02013003"
+    assert first["linha"] == 3 and first["vencimento"] == "2026-03-20"
+    layouts = {"cnab240": {**json.loads((ROOT / "etl" / "data" / "cnab_layouts.json").read_text())["cnab240"]}}
+    layouts["cnab240"]["records"]["3"]["segments"]["P"].append({"name": "valor_em_reais", "from": 86, "to": 100,
+                                                               "type": "integer"})
+    (dirs / "inputs" / "meu_layout.json").write_text(json.dumps(layouts), encoding="utf-8")
+    custom = run("read_cnab", path="cobranca.rem", layout="cnab240", layout_file="meu_layout.json")
+    assert custom["totals"]["valor_titulo"] == "1585.50" and "valor_em_reais" in custom["columns"]
+    lines[-1] = record("9", {(4, 7): "9999", (18, 23): "1", (24, 29): "7"})
+    (dirs / "inputs" / "cobranca.rem").write_bytes(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+    from etl.cnab import CnabError
+
+    with pytest.raises(CnabError, match="line 8 \\(file_trailer\\): it counts '000007' records but the file has 8"):
+        run("read_cnab", path="cobranca.rem", layout="cnab240")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from etl import money
+from etl import money, runtime
 from etl.datasets import DataPath, DatasetError, concat, dataset_result
 from etl.expr import Expression, ExpressionError
 from etl.registry import step
@@ -56,7 +56,7 @@ def _weighted(frame: pd.DataFrame, by: list[str], column: str, weight: str) -> p
     with decimal.localcontext() as context:
         context.prec = 60
         result = [None if w in (None, 0) or w is pd.NA or p is pd.NA else (Decimal(p) / Decimal(w)).quantize(quantum)
-                  for p, w in zip(sums["product"], sums["weight"])]
+                  for p, w in zip(sums["product"], sums["weight"], strict=True)]
     text = pd.Series([None if r is None else money.json_text(r) for r in result], dtype="string")
     return money.from_machine_text(text, places)
 
@@ -117,8 +117,6 @@ class StackParams(_Params):
 @step("stack", StackParams, "Stack datasets")
 def stack(params: StackParams) -> dict[str, Any]:
     """Stack datasets one under the other (union by column name); money columns stay exact."""
-    from etl import runtime
-
     references = list(params.datasets)
     earlier = runtime.previous_outputs().get("dataset")
     if earlier and earlier not in references:
