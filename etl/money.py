@@ -165,11 +165,15 @@ def narrow(values: pd.Series, scale: int | None = None) -> pd.Series:
         values = tidy(values, min(array.type.scale, MONEY_SCALE) if scale is None else scale)
         array = pa.array(values.array)
     target = array.type.scale if scale is None else scale
-    if scale is not None and scale < array.type.scale:
-        array = pc.round(array, scale)
-    text = pc.cast(pc.cast(array, pa.decimal128(38, target)) if target != array.type.scale else array, pa.string())
-    kind = _decimal_type(text, target)
-    return pd.Series(pd.arrays.ArrowExtensionArray(pc.cast(text, kind)), index=values.index)
+    if target < array.type.scale:
+        array = pc.round(array, target)
+    # The widest value's integer digits, from the extremes (no text round trip).
+    extremes = [v for v in (pc.min(array).as_py(), pc.max(array).as_py()) if v is not None]
+    digits = max((len(str(abs(int(v)))) for v in extremes), default=1)
+    kind = pa.decimal128(min(38, max(digits, INTEGER_DIGITS) + target), target)
+    if target > array.type.scale:
+        array = pc.cast(array, pa.decimal128(min(38, array.type.precision + target - array.type.scale), target))
+    return pd.Series(pd.arrays.ArrowExtensionArray(pc.cast(array, kind)), index=values.index)
 
 
 def tidy(values: Any, min_scale: int = MONEY_SCALE) -> Any:
