@@ -202,6 +202,21 @@ def widened(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**wide) if wide else frame
 
 
+def pairwise(x: Any, y: Any, pick: str) -> Any:
+    """min/max of two columns or a column and a number, exact for decimals (np.minimum is not:
+    on decimal columns it returns the scalar for every row); missing when either is missing."""
+    if not isinstance(x, pd.Series) and not isinstance(y, pd.Series):
+        return min(x, y) if pick == "min" else max(x, y)
+    if not (is_decimal(x) or is_decimal(y)):
+        return np.minimum(x, y) if pick == "min" else np.maximum(x, y)
+    index = x.index if isinstance(x, pd.Series) else y.index
+    left, right = (v if isinstance(v, pd.Series) else pd.Series(v, index=index) for v in (x, y))
+    left, right = (to_decimal(v) if not is_decimal(v) else v for v in (left, right))
+    a, b = same_type(pa.array(left.array), pa.array(right.array))
+    chosen = (pc.min_element_wise if pick == "min" else pc.max_element_wise)(a, b, skip_nulls=False)
+    return narrow(pd.Series(pd.arrays.ArrowExtensionArray(chosen), index=index))
+
+
 def same_type(*arrays: pa.Array) -> list[pa.Array]:
     """Decimal arrays cast to one type (the widest scale), as element-wise kernels want."""
     scale = max(a.type.scale for a in arrays)

@@ -375,3 +375,18 @@ def test_cnab240_pairs_segments_and_a_layout_file_overrides_a_position(dirs):
 
     with pytest.raises(CnabError, match="line 8 \\(file_trailer\\): it counts '000007' records but the file has 8"):
         run("read_cnab", path="cobranca.rem", layout="cnab240")
+
+
+def test_derived_money_keeps_exact_values_in_min_max_and_division(dirs):
+    from tests.steps import run
+
+    (dirs / "inputs" / "limites.csv").write_bytes(b"titulo;valor;limite\r\nA;10.000,10;5.000,00\r\n"
+                                                  b"B;954,66;1.000,00\r\nC;-3,00;0,00\r\n")
+    read = run("read_csv", path="limites.csv")
+    derived = run("derive", dataset=read["dataset"], columns={"usado": "min(valor, limite)", "piso": "max(valor, 0)",
+                                                              "terco": "valor / 3"})
+    table = {row[0]: dict(zip(derived["columns"], row, strict=True)) for row in derived["calculation_results"]["table"]}
+    assert [table[t]["usado"] for t in "ABC"] == ["5000.00", "954.66", "-3.00"]
+    assert [table[t]["piso"] for t in "ABC"] == ["10000.10", "954.66", "0.00"]
+    assert table["A"]["terco"] == "3333.366666666667"  # rounded half-even at 12 places, never a float
+    assert derived["totals"]["usado"] == "5951.66"
