@@ -182,11 +182,15 @@ def enrich(frame: pd.DataFrame, lookups: list[tuple[Enrichment, Path | None]], n
 
 def transform(frame: pd.DataFrame, steps: list[Transform]) -> pd.DataFrame:
     for step in steps:
-        if step.filter is not None:
-            frame = frame[mask(step.filter, money.widened(frame)).to_numpy()].reset_index(drop=True)
-        else:
-            value = Expression(step.expr).evaluate(money.widened(frame))
-            frame[step.column] = money.tidy(value) if isinstance(value, pd.Series) else value
+        text = step.filter if step.filter is not None else step.expr
+        try:
+            if step.filter is not None:
+                frame = frame[mask(step.filter, money.widened(frame)).to_numpy()].reset_index(drop=True)
+            else:
+                value = Expression(step.expr).evaluate(money.widened(frame))
+                frame[step.column] = money.tidy(value) if isinstance(value, pd.Series) else value
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            raise DataError(f"transform {text!r} cannot be computed on these columns: {exc}") from None
     return frame
 
 
@@ -266,7 +270,10 @@ def apply_rules(combined: pd.DataFrame, compare: list[Compare], rules: list[Rule
         open_breaks = frame["break"] & frame["category"].isna()
         if not open_breaks.any():
             break
-        hit = open_breaks & mask(rule.when, money.widened(frame))
+        try:
+            hit = open_breaks & mask(rule.when, money.widened(frame))
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            raise DataError(f"rule {rule.name}: {rule.when!r} cannot be computed on these columns: {exc}") from None
         frame.loc[hit, "category"] = rule.category
         frame.loc[hit, "explanation"] = rule.explanation
         frame.loc[hit, "rule"] = rule.name

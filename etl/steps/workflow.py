@@ -173,7 +173,10 @@ def filter_rows(params: FilterParams) -> dict[str, Any]:
     """Keep the rows matching an expression (and optionally only some columns)."""
     frame, _ = load(params.dataset)
     Expression(params.where)
-    kept = frame[mask(params.where, money.widened(frame)).to_numpy()]
+    try:
+        kept = frame[mask(params.where, money.widened(frame)).to_numpy()]
+    except (ArithmeticError, TypeError, ValueError) as exc:
+        raise DatasetError(f"filter: {params.where!r} cannot be computed on these columns: {exc}") from None
     if params.columns:
         require(kept, params.columns, "filter")
         kept = kept[params.columns]
