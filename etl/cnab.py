@@ -186,7 +186,7 @@ def _segments(rows: pd.Series, record: dict[str, Any], numbers: pd.Series, name:
 
 
 def _plain(value: Any) -> Any:
-    from etl.datasets import json_value
+    from etl.results import json_value
 
     return json_value(value)
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from etl import brazil, datasets, money, odbc, runtime, secrets
+from etl import brazil, datasets, money, odbc, results, runtime, secrets
 from etl.errors import EtlError
 from etl.maps import MapsError, MapsWorkbook, parse_name, plain, read_workbook
 from etl.registry import step
@@ -148,7 +148,7 @@ def maps_consolidate(params: MapsFilesParams) -> dict[str, Any]:
         "files_read": len(books), "days": [d.isoformat() for d in days], "funds": sorted({b.fund for b in books}),
         "sections": {section: len(frame) for section, frame in combined.items()},
         "total_checks": checks, "workbook": str(workbook), "parquet_files": files,
-        "calculation_results": datasets.preview(combined.get("Renda Fixa", combined["Patrimônio"])),
+        "calculation_results": results.preview(combined.get("Renda Fixa", combined["Patrimônio"])),
     }
 
 
@@ -495,6 +495,6 @@ def fidc_estoque(params: EstoqueParams) -> dict[str, Any]:
         "movement": {k: int(counts.get(k, 0)) for k in ("novo", "liquidado", "baixado")},
         "histogram_data": {"labels": by_band["faixa_pdd"].tolist(),
                            "values": [money.json_text(v) for v in by_band["valor_presente"]]},
-        "calculation_results": datasets.preview(by_age), "report": str(report), "parquet": str(parquet),
+        "calculation_results": results.preview(by_age), "report": str(report), "parquet": str(parquet),
     }
 

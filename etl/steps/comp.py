@@ -21,9 +21,10 @@ from etl.calendar import previous_business_day
 from etl.comp import rolling, stages, totals
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
 from etl.comp.report import write_report
-from etl.datasets import DataPath, json_value, preview, read_parquet, resolve
+from etl.datasets import DataPath, read_parquet, resolve
 from etl.writers import write_csv, write_parquet
 from etl.registry import step
+from etl.results import json_value, preview
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from etl import cnab, xml_reports
-from etl.datasets import DataPath, dataset_result, money_totals, resolve
+from etl.datasets import DataPath, resolve
 from etl.registry import step
+from etl.results import dataset_result, money_totals
 from etl.steps.workflow import save
 
 logger = logging.getLogger(__name__)

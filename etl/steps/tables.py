@@ -10,9 +10,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from etl import money, runtime
-from etl.datasets import DataPath, DatasetError, concat, dataset_result
+from etl.datasets import DataPath, DatasetError, concat
 from etl.expr import Expression, ExpressionError
 from etl.registry import step
+from etl.results import dataset_result
 from etl.steps.workflow import load, require, save
 
 Metric = Literal["sum", "mean", "min", "max", "count", "nunique", "first", "weighted_mean"]

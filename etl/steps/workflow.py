@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from etl import columns, money, runtime
 from etl.columns import ColumnType
-from etl.datasets import DataPath, DatasetError, ReadOptions, concat, dataset_result, expand_paths, format_of, \
+from etl.datasets import DataPath, DatasetError, ReadOptions, concat, expand_paths, format_of, \
     read_table, resolve, sheet_names
 from etl.expr import Expression, mask
 from etl.registry import step
+from etl.results import dataset_result
 from etl.writers import write_csv, write_excel, write_parquet
 
 logger = logging.getLogger(__name__)
