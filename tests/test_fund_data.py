@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fund_files import remittance, write_cnab444, write_informe, write_stock_csv
+from etl.samples.funds import remittance, write_cnab444, write_informe, write_stock_csv
 from tests.server import ROOT, Server
 from tests.steps import SAMPLES
 

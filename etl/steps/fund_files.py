@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from etl import cnab, xml_reports
 from etl.datasets import DataPath, resolve
 from etl.registry import step
+from etl.samples.funds import SAMPLE_INFORME, SAMPLE_REMITTANCE
 from etl.results import dataset_result, money_totals
 from etl.steps.workflow import save
 
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 class ReadCnabParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: DataPath = Field(description="The CNAB file under ETL_INPUT_DIR (latin-1, CRLF).")
+    path: DataPath = Field(SAMPLE_REMITTANCE, description="The CNAB file under ETL_INPUT_DIR (latin-1, CRLF).")
     layout: str = Field("cnab444", pattern=r"^[A-Za-z0-9_.-]+$",
                         description="Layout name: cnab444 (FIDC receivables), cnab400, cnab240, or one in layout_file.")
     layout_file: DataPath | None = Field(None, description="JSON file of layouts overriding the bundled ones "
@@ -47,7 +48,8 @@ def read_cnab(params: ReadCnabParams) -> dict[str, Any]:
 class ReadXmlReportParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: DataPath = Field(description="The XML report under ETL_INPUT_DIR (e.g. a Fundos.NET informe mensal).")
+    path: DataPath = Field(SAMPLE_INFORME, description="The XML report under ETL_INPUT_DIR (e.g. a Fundos.NET "
+                                                        "informe mensal).")
     layout: str = Field("fidc_informe_mensal", pattern=r"^[A-Za-z0-9_.-]+$",
                         description="Layout naming the tables: fidc_informe_mensal, generic, or one in layout_file.")
     layout_file: DataPath | None = Field(None, description="JSON file of layouts overriding the bundled ones "

@@ -1,5 +1,9 @@
-"""Files that mimic what funds exchange (made up here, never customer data): a CNAB-444 FIDC remittance
-with its CSV, and the expected totals as Decimals."""
+"""Fund files made up to mimic the layouts (never customer data): a CNAB-444 FIDC remittance with the
+originator's CSV, and a Fundos.NET FIDC monthly report (informe mensal) XML with decimal commas.
+
+``python -m etl.samples.funds`` rewrites them under ``etl/samples/cnab`` and ``etl/samples/fundosnet``;
+the tests build variants (a broken trailer, breaks in the CSV) with the same functions.
+"""
 
 from __future__ import annotations
 
@@ -143,3 +147,21 @@ def write_informe(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(INFORME.encode("cp1252"))
     return path
+
+
+HERE = Path(__file__).resolve().parent
+SAMPLE_REMITTANCE = "cnab/remessa_20260218.rem"
+SAMPLE_REMITTANCE_CSV = "cnab/remessa_20260218.csv"
+SAMPLE_INFORME = "fundosnet/informe_mensal_202601.xml"
+
+
+def main() -> None:
+    rows = remittance(64)
+    write_cnab444(HERE / SAMPLE_REMITTANCE, rows)
+    write_stock_csv(HERE / SAMPLE_REMITTANCE_CSV, rows)
+    write_informe(HERE / SAMPLE_INFORME)
+    print(f"wrote {SAMPLE_REMITTANCE}, {SAMPLE_REMITTANCE_CSV} and {SAMPLE_INFORME} under {HERE}")
+
+
+if __name__ == "__main__":
+    main()
