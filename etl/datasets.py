@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import io
 import logging
 import math
@@ -16,12 +17,11 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from etl import runtime
+from etl import money, runtime, sniff
 from etl.errors import EtlError
 
 logger = logging.getLogger(__name__)
 
-PREVIEW_ROWS = 20
 
 
 class DatasetError(EtlError):
@@ -33,13 +33,22 @@ class ReadOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    separator: str = Field(";", max_length=5)
-    encoding: str = "latin-1"
-    decimal: str = Field(",", max_length=1)
-    sheet: str | int = 0
+    separator: str | None = Field(None, max_length=5, description="CSV: field separator; default: sniffed from "
+                                                                  "the first lines (';', TAB, ',' or '|').")
+    encoding: str | None = Field(None, max_length=20, description="CSV: text encoding; default: UTF-8 (BOM or "
+                                                                  "not) when the bytes are UTF-8, else cp1252/latin-1.")
+    decimal: Literal[",", "."] = Field(",", description="Decimal mark of numbers: ',' (1.234,56) or '.' (1,234.56).")
+    thousands: Literal[".", ",", " ", ""] | None = Field(
+        None, description="Thousands separator; default: '.' with a decimal comma (a lone '1.500' is 1500), "
+                          "',' with a decimal point ('1.500' is 1.5).")
+    sheet: str | int | list[str | int] = Field(0, description="Excel: a sheet name or 0-based index; '*' or a "
+                                                            "list stacks sheets (workflow reads), adding a sheet "
+                                                            "column.")
     header_row: int | None = Field(0, ge=0, description="0-based row holding the column names; null: no header.")
     skip_rows: int = Field(0, ge=0)
     pages: list[int] | None = Field(None, description="PDF: 1-based pages to read tables from (default: all).")
+    layout_file: str | None = Field(None, description="CNAB: a JSON layout file (under the data folders) whose "
+                                                      "layouts override the bundled ones of the same name.")
     database: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$",
                                  description="ODBC (.sql files): connection name; its string is the secret odbc_<name>.")
 
@@ -59,6 +68,54 @@ def resolve(path: str | Path, base: Path | None = None) -> Path:
         raise DatasetError(f"{path} is outside the folders steps may use ({', '.join(str(r) for r in roots)})")
     return candidate
 
+
+
+def expand_paths(pattern: str) -> list[Path]:
+    """The files a path names; a glob (``*``, ``?``, ``[``) names every match, in name order."""
+    if not any(mark in pattern for mark in "*?["):
+        path = resolve(pattern)
+        if not path.exists():
+            raise DatasetError(f"{pattern} does not exist; {_folder_listing(path.parent)}")
+        return [path]
+    base = resolve(".")
+    matches = sorted(p.resolve() for p in base.glob(pattern) if p.is_file()) if not Path(pattern).is_absolute() \
+        else sorted(Path(p).resolve() for p in glob.glob(pattern) if Path(p).is_file())
+    matches = [resolve(p) for p in matches]
+    if not matches:
+        folder = resolve(str(Path(pattern).parent)) if "*" not in str(Path(pattern).parent) else base
+        raise DatasetError(f"no file matches {pattern}; {_folder_listing(folder)}")
+    return matches
+
+
+def _folder_listing(folder: Path, limit: int = 30) -> str:
+    if not folder.is_dir():
+        return f"the folder {folder.name or folder} does not exist either"
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    shown = ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+    return f"{folder.name or folder} holds: {shown or 'nothing'}"
+
+
+def concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Stack tables by column name; a column that is money in some parts stays exact in the whole."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = list(dict.fromkeys(c for part in parts for c in part.columns))
+    for name in names:
+        decimals = [part[name] for part in parts if name in part.columns and money.is_decimal(part[name])]
+        if not decimals:
+            continue
+        scale = max(money.scale_of(v) for v in decimals)
+        for part in parts:
+            if name in part.columns:
+                values = money.to_decimal(part[name], scale)
+                part[name] = pd.Series(pd.arrays.ArrowExtensionArray(
+                    pc.cast(pa.array(values.array), pa.decimal128(38, scale))), index=part.index)
+    whole = pd.concat(parts, ignore_index=True)
+    for name in names:
+        if money.is_decimal(whole[name]):
+            whole[name] = money.narrow(whole[name])
+    return whole
 
 
 def _within_roots(value: str) -> str:
@@ -104,25 +161,47 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
     """Every cell as text (columns c0, c1, ...), nothing interpreted: what pre-harmonisation cleans."""
     try:
         if fmt == "csv":
-            raw = path.read_bytes()
-            encoding = "utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else options.encoding
-            text = raw.decode(encoding)
-            frame = pd.read_csv(io.StringIO(text), sep=options.separator, header=None, dtype="string",
+            text, encoding = sniff.decode(path.read_bytes(), options.encoding)
+            markup = sniff.looks_like_markup(text)
+            if markup:
+                raise DatasetError(f"{path.name} is {markup}, not a CSV file (read an XML report with "
+                                   "read_xml_report)")
+            separator = options.separator or sniff.separator(text)
+            frame = pd.read_csv(io.StringIO(text), sep=separator, header=None, dtype="string",
                                 skiprows=options.skip_rows, keep_default_na=False, na_values=[""],
-                                skip_blank_lines=False)
+                                skip_blank_lines=False, engine="c" if len(separator) == 1 else "python")
             frame.columns = [f"c{i}" for i in range(frame.shape[1])]
+            warning = sniff.one_column_warning(text, separator, frame.shape[1])
+            frame.attrs["read"] = {"encoding": encoding, "separator": separator,
+                                   "sniffed": [k for k, v in (("encoding", options.encoding),
+                                                              ("separator", options.separator)) if v is None]}
+            frame.attrs["warnings"] = [f"{path.name}: {warning}"] if warning else []
             return frame
         if fmt == "xlsx":
             from python_calamine import CalamineWorkbook
 
             book = CalamineWorkbook.from_path(str(path))
-            sheet = options.sheet if isinstance(options.sheet, str) else book.sheet_names[options.sheet]
+            names = book.sheet_names
+            sheet = options.sheet
+            if isinstance(sheet, list) or sheet == "*":
+                raise DatasetError(f"{path.name}: read one sheet at a time here (the workflow read_excel step "
+                                   f"stacks several); its sheets are: {', '.join(names)}")
+            if isinstance(sheet, int) and not -len(names) <= sheet < len(names):
+                raise DatasetError(f"{path.name} has {len(names)} sheet(s), so there is no sheet {sheet}; "
+                                   f"its sheets are: {', '.join(names)}")
+            if isinstance(sheet, str) and sheet not in names:
+                raise DatasetError(f"{path.name} has no sheet {sheet!r}; its sheets are: {', '.join(names)}")
+            sheet = sheet if isinstance(sheet, str) else names[sheet]
             rows = book.get_sheet_by_name(sheet).to_python(skip_empty_area=False)
             return _text_frame(rows[options.skip_rows:])
         if fmt == "pdf":
             return _text_frame(pdf_table_rows(path, options.pages)[options.skip_rows:])
         if fmt == "odbc":
             return _text_frame(odbc_query_rows(path, options)[options.skip_rows:])
+        if fmt in ("cnab240", "cnab400", "cnab444"):
+            from etl import cnab
+
+            return cnab.raw_table(path, fmt, resolve(options.layout_file) if options.layout_file else None)
         if fmt == "parquet":
             frame = pd.read_parquet(path)
             header = pd.DataFrame([list(map(str, frame.columns))], columns=frame.columns)
@@ -131,10 +210,19 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
             return frame.astype("string")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path.name} is not {options.encoding} text ({exc.reason} at byte {exc.start}); "
-                           "set read.encoding") from None
+                           "set read.encoding (or leave it out to have it sniffed)") from None
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise DatasetError(f"cannot read {path.name} as {fmt}: {exc}") from None
-    raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet, pdf, odbc)")
+    raise DatasetError(f"unknown format {fmt!r} (csv, xlsx, parquet, pdf, odbc, cnab240, cnab400, cnab444)")
+
+
+def sheet_names(path: Path) -> list[str]:
+    from python_calamine import CalamineWorkbook
+
+    try:
+        return list(CalamineWorkbook.from_path(str(path)).sheet_names)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path.name} as xlsx: {exc}") from None
 
 
 def pdf_table_rows(path: Path, pages: list[int] | None = None) -> list[list[Any]]:
@@ -195,19 +283,41 @@ def read_table(path: Path, fmt: str | None = None, options: ReadOptions | None =
     options = options or ReadOptions()
     fmt = fmt or format_of(path)
     if fmt == "parquet":
-        try:
-            return pd.read_parquet(path)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {path.name} as parquet: {exc}") from None
+        return read_parquet(path)
     raw = read_raw(path, fmt, options)
     if options.header_row is None:
         return raw
     if options.header_row >= len(raw):
         raise DatasetError(f"{path.name} has {len(raw)} rows; header_row {options.header_row} is beyond them")
-    header = [str(v) if v is not None and not pd.isna(v) else f"c{i}" for i, v in enumerate(raw.iloc[options.header_row])]
+    cells = list(raw.iloc[options.header_row])
+    header = [str(v) if v is not None and not pd.isna(v) else f"c{i}" for i, v in enumerate(cells)]
     frame = raw.iloc[options.header_row + 1:].reset_index(drop=True)
     frame.columns = unique_names(header)
-    return frame.dropna(how="all").reset_index(drop=True)
+    frame = frame.dropna(how="all").reset_index(drop=True)
+    warning = sniff.header_warning([v if v is not None and not pd.isna(v) else None for v in cells])
+    frame.attrs = {"read": raw.attrs.get("read", {}),
+                   "warnings": raw.attrs.get("warnings", []) + ([f"{path.name}: {warning}"] if warning else [])}
+    return frame
+
+
+def _decimal_dtype(kind: Any) -> pd.ArrowDtype | None:
+    import pyarrow as pa
+
+    return pd.ArrowDtype(kind) if pa.types.is_decimal(kind) else None
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A parquet file (or some of its columns) as a frame; decimal columns stay exact (decimal128, not
+    Python objects)."""
+    import pyarrow.parquet as pq
+
+    try:
+        if columns is not None:
+            present = pq.read_schema(path).names
+            columns = [c for c in columns if c in present] or present[:1]
+        return pq.read_table(path, columns=columns).to_pandas(types_mapper=_decimal_dtype)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path.name} as parquet: {exc}") from None
 
 
 def unique_names(names: list[str]) -> list[str]:
@@ -260,57 +370,13 @@ def replacing(path: Path) -> Iterator[Path]:
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    with replacing(path) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return path
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """A CSV as Brazilian tools expect it: ';', decimal comma, dd/mm/yyyy, UTF-8 with BOM; atomic.
-
-    Written with pyarrow's C++ writer (pandas' to_csv took ~15 s per million rows).
-    """
+    """A parquet file, atomically. Decimal columns are not dictionary-encoded: amounts are nearly all
+    distinct, and trying the dictionary made writing them six times slower."""
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
-    columns = {}
-    for name in frame.columns:
-        values = frame[name]
-        if pd.api.types.is_float_dtype(values):
-            text = pc.cast(pa.array(values.to_numpy(dtype="float64", na_value=float("nan")), from_pandas=True),
-                           pa.string())
-            columns[str(name)] = pc.replace_substring(text, ".", ",")
-        elif pd.api.types.is_datetime64_any_dtype(values):
-            columns[str(name)] = pc.strftime(pa.array(values, from_pandas=True), format="%d/%m/%Y")
-        else:
-            columns[str(name)] = pa.array(values.astype("string"), from_pandas=True)
-    table = pa.table(columns)
-    with replacing(path) as tmp, open(tmp, "wb") as out:
-        out.write(b"\xef\xbb\xbf")
-        pacsv.write_csv(table, out, pacsv.WriteOptions(delimiter=";", quoting_style="needed"))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    dictionary = [f.name for f in table.schema if not pa.types.is_decimal(f.type)]
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp, use_dictionary=dictionary)
     return path
-
-
-def json_value(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
-        return value.strftime("%Y-%m-%d") if not isinstance(value, dt.datetime) or value.time() == dt.time() else value.isoformat()
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-def preview(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> dict[str, Any]:
-    """v1's ``calculation_results``: headers and the first rows, JSON-ready."""
-    head = frame.head(rows)
-    return {
-        "headers": [str(c) for c in head.columns],
-        "table": [[json_value(v) for v in row] for row in head.itertuples(index=False, name=None)],
-    }
-
-
-def dataset_result(frame: pd.DataFrame, path: Path, **extra: Any) -> dict[str, Any]:
-    return {"dataset": str(path), "row_count": int(len(frame)), "columns": [str(c) for c in frame.columns],
-            "calculation_results": preview(frame), **extra}

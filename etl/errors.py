@@ -22,3 +22,7 @@ class CommandFailed(EtlError):
 
 class DiagnosticFailure(EtlError):
     """The diagnostic step failed on purpose."""
+
+
+class DataError(EtlError):
+    """The data does not have what the step expects."""

@@ -23,10 +23,10 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import numpy as np
 import pandas as pd
 from pydantic import AfterValidator
 
+from etl import money
 from etl.errors import EtlError
 
 
@@ -63,8 +63,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "isnull": lambda x: x.isna() if isinstance(x, pd.Series) else x is None,
     "notnull": lambda x: x.notna() if isinstance(x, pd.Series) else x is not None,
     "coalesce": lambda x, y: x.fillna(y) if isinstance(x, pd.Series) else (y if x is None else x),
-    "min": lambda x, y: np.minimum(x, y),
-    "max": lambda x, y: np.maximum(x, y),
+    "min": lambda x, y: money.pairwise(x, y, "min"),
+    "max": lambda x, y: money.pairwise(x, y, "max"),
 }
 
 def _digits(n: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 import datetime as dt
 import json
 
@@ -57,7 +58,7 @@ def test_each_step_runs_alone_in_order_with_no_parameters(dirs):
         assert result["control"] == "positions_daily" and result["run_date"] == "2026-02-18", name
     harmonised = pd.read_parquet(dirs / "runs" / "positions_daily" / "2026-02-18" / "src_harm.parquet")
     caixa = harmonised[harmonised["asset_id"] == "CAIXA"].iloc[0]
-    assert caixa["market_value"] == 1995.88  # typed as "R$ 1.995,88" in the workbook
+    assert caixa["market_value"] == Decimal("1995.88")  # typed as "R$ 1.995,88" in the workbook
     assert harmonised["fund_cnpj_valid"].all()
     assert harmonised.loc[harmonised["asset_id"] == "OPC-ZERO", "quantity"].iloc[0] == 0  # "—"
     enriched = pd.read_parquet(dirs / "runs" / "positions_daily" / "2026-02-18" / "src_enriched.parquet")
@@ -88,7 +89,7 @@ def _write_config(dirs, config: dict) -> None:
 def test_bad_config_fails_with_the_field_path(dirs):
     config = _config(dirs)
     config["compare"][1]["abs_tolerance"] = -1
-    config["source"]["harmonisation"]["types"]["quantity"] = "money"
+    config["source"]["harmonisation"]["types"]["quantity"] = "float"  # money is exact: there is no float type
     _write_config(dirs, config)
     with pytest.raises(ConfigError) as bad:
         run("reading_config_comp")

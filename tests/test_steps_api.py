@@ -5,7 +5,8 @@ from __future__ import annotations
 from etl.steps.comp import CHAIN
 from tests.server import Server
 
-WORKFLOW = ("read_csv", "read_excel", "read_parquet", "convert_parquet", "filter", "join", "aggregate", "output")
+WORKFLOW = ("read_csv", "read_excel", "read_parquet", "convert_parquet", "filter", "join", "aggregate", "output",
+            "stack", "derive", "read_cnab", "read_xml_report")
 
 
 def _run_empty(server: Server, step: str) -> dict:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from etl.columns import ColumnType
 from etl.datasets import ReadOptions
 from etl.errors import EtlError
 from etl.expr import Expression, ExpressionError
 
 TOKENS = re.compile(r"\{(yyyy|yy|mm|dd|yyyymmdd|ddmmyyyy|yyyy-mm-dd|control)\}")
-FieldType = Literal["text", "text_upper", "number", "integer", "date", "cnpj", "document"]
 
 
 class ConfigError(EtlError):
@@ -48,7 +49,7 @@ class PreHarmonisation(_Strict):
 
 class Harmonisation(_Strict):
     rename: dict[str, str] = Field(default_factory=dict, description="Source column -> harmonised name.")
-    types: dict[str, FieldType] = Field(default_factory=dict, description="Harmonised column -> type.")
+    types: dict[str, ColumnType] = Field(default_factory=dict, description="Harmonised column -> type.")
     keep: list[str] | None = Field(None, description="Keep only these columns (after renaming).")
     invalid_cnpj: Literal["flag", "fail"] = "flag"
 
@@ -82,7 +83,8 @@ class Transform(_Strict):
 class Dataset(_Strict):
     name: str = Field(description="A short label used in reports, e.g. 'ADMIN'.")
     path: str = Field(description="File pattern under rootFileDir with tokens such as {yyyymmdd}, {dd}, {mm}.")
-    format: Literal["csv", "xlsx", "parquet", "pdf", "odbc"] | None = None
+    format: Literal["csv", "xlsx", "parquet", "pdf", "odbc", "cnab240", "cnab400", "cnab444"] | None = Field(
+        None, description="Default: from the file name; CNAB files name their layout (read.layout_file overrides it).")
     read: ReadOptions = Field(default_factory=ReadOptions)
     pre_harmonisation: PreHarmonisation = Field(default_factory=PreHarmonisation)
     harmonisation: Harmonisation = Field(default_factory=Harmonisation)
@@ -92,8 +94,9 @@ class Dataset(_Strict):
 
 class Compare(_Strict):
     column: str
-    abs_tolerance: float = Field(0.0, ge=0)
-    rel_tolerance: float = Field(0.0, ge=0, description="Relative to the larger absolute value.")
+    abs_tolerance: Decimal = Field(Decimal(0), ge=0, description="Exact: a difference of exactly this much is "
+                                                                  "within tolerance.")
+    rel_tolerance: Decimal = Field(Decimal(0), ge=0, description="Relative to the larger absolute value.")
 
 
 class Rule(_Strict):

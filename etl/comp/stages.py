@@ -10,22 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from etl import brazil
+from etl import brazil, columns, money
 from etl.comp.config import Compare, ConfigError, Dataset, Enrichment, Harmonisation, PreHarmonisation, Rule, \
     Transform, resolve_tokens
 from etl.datasets import DatasetError, format_of, read_table, unique_names
-from etl.errors import EtlError
+from etl.errors import DataError
 from etl.expr import Expression, mask
 
 logger = logging.getLogger(__name__)
 
 MATCHED, SRC_ONLY, TGT_ONLY = "matched", "src_only", "tgt_only"
 UNEXPLAINED = "Unexplained"
-
-
-class DataError(EtlError):
-    """The data does not have what the control expects."""
 
 
 def _columns_hint(frame: pd.DataFrame) -> str:
@@ -121,50 +119,21 @@ def pre_harmonise(raw: pd.DataFrame, rules: PreHarmonisation, header_row: int | 
 # --- harmonisation ---------------------------------------------------------------------------
 
 
-def harmonise(frame: pd.DataFrame, rules: Harmonisation, name: str) -> tuple[pd.DataFrame, list[str]]:
+def harmonise(frame: pd.DataFrame, rules: Harmonisation, name: str, *, decimal_mark: str = ",",
+              thousands: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Rename, type and validate columns; returns the frame and warnings for the task log/result."""
     missing = [c for c in rules.rename if c not in frame.columns]
     if missing:
         raise DataError(f"{name}: column(s) {missing} not found; the file has: {_columns_hint(frame)}")
     frame = frame.rename(columns=rules.rename)
-    warnings: list[str] = []
+    found = columns.Typing()
     for column, kind in rules.types.items():
         if column not in frame.columns:
             raise DataError(f"{name}: column {column!r} (in harmonisation.types) not found; "
                             f"after renaming the columns are: {_columns_hint(frame)}")
-        values = frame[column]
-        if kind in ("number", "integer"):
-            parsed = brazil.parse_number(values)
-            bad = values.notna() & parsed.isna()
-            if bad.any():
-                warnings.append(f"{name}.{column}: {int(bad.sum())} value(s) are not numbers, "
-                                f"e.g. {values[bad].iloc[0]!r}")
-            frame[column] = parsed.round().astype("Int64") if kind == "integer" else parsed
-        elif kind == "date":
-            parsed = brazil.parse_date(values)
-            bad = values.notna() & parsed.isna()
-            if bad.any():
-                warnings.append(f"{name}.{column}: {int(bad.sum())} value(s) are not dd/mm/yyyy dates, "
-                                f"e.g. {values[bad].iloc[0]!r}")
-            frame[column] = parsed
-        elif kind in ("cnpj", "document"):
-            cleaned = brazil.clean_cnpj(values)
-            valid = (brazil.validate_cnpj(cleaned) if kind == "cnpj"
-                     else cleaned.map(lambda v: brazil.document_is_valid(v) if isinstance(v, str) else False))
-            valid = valid.astype(bool) & cleaned.notna()
-            invalid = cleaned.notna() & ~valid
-            if invalid.any():
-                examples = ", ".join(cleaned[invalid].astype(str).unique()[:3])
-                message = f"{name}.{column}: {int(invalid.sum())} value(s) with invalid check digits ({examples})"
-                if rules.invalid_cnpj == "fail":
-                    raise DataError(message)
-                warnings.append(message)
-            frame[column] = cleaned
-            frame[f"{column}_valid"] = valid
-        elif kind == "text_upper":
-            frame[column] = values.astype("string").str.strip().str.upper()
-        else:
-            frame[column] = values.astype("string").str.strip()
+        frame = columns.apply_type(frame, column, kind, name, found, decimal_mark=decimal_mark, thousands=thousands,
+                                   invalid=rules.invalid_cnpj)
+    warnings = found.warnings
     if rules.keep is not None:
         absent = [c for c in rules.keep if c not in frame.columns]
         if absent:
@@ -213,10 +182,15 @@ def enrich(frame: pd.DataFrame, lookups: list[tuple[Enrichment, Path | None]], n
 
 def transform(frame: pd.DataFrame, steps: list[Transform]) -> pd.DataFrame:
     for step in steps:
-        if step.filter is not None:
-            frame = frame[mask(step.filter, frame).to_numpy()].reset_index(drop=True)
-        else:
-            frame[step.column] = Expression(step.expr).evaluate(frame)
+        text = step.filter if step.filter is not None else step.expr
+        try:
+            if step.filter is not None:
+                frame = frame[mask(step.filter, money.widened(frame)).to_numpy()].reset_index(drop=True)
+            else:
+                value = Expression(step.expr).evaluate(money.widened(frame))
+                frame[step.column] = money.tidy(value) if isinstance(value, pd.Series) else value
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            raise DataError(f"transform {text!r} cannot be computed on these columns: {exc}") from None
     return frame
 
 
@@ -229,7 +203,11 @@ def _deduplicate(frame: pd.DataFrame, keys: list[str], numeric: list[str], name:
         return frame
     logger.warning("%s: %d rows share their keys; numbers are summed per key", name, int(duplicated.sum()))
     aggregations = {c: ("sum" if c in numeric else "first") for c in frame.columns if c not in keys}
-    return frame.groupby(keys, as_index=False, dropna=False, sort=False).agg(aggregations)
+    grouped = frame.groupby(keys, as_index=False, dropna=False, sort=False).agg(aggregations)
+    for column in numeric:
+        if column in grouped.columns:
+            grouped[column] = money.narrow(grouped[column])
+    return grouped
 
 
 def combine(src: pd.DataFrame, tgt: pd.DataFrame, keys: list[str], compare: list[Compare]) -> pd.DataFrame:
@@ -256,23 +234,32 @@ def combine(src: pd.DataFrame, tgt: pd.DataFrame, keys: list[str], compare: list
 def apply_rules(combined: pd.DataFrame, compare: list[Compare], rules: list[Rule]) -> pd.DataFrame:
     """Tolerance comparison, then the first matching explain rule per break."""
     frame = combined
-    out_of_tolerance = pd.Series(False, index=frame.index)
-    within = pd.Series(False, index=frame.index)
+    out_of_tolerance = np.zeros(len(frame), dtype=bool)
+    within = np.zeros(len(frame), dtype=bool)
+    matched = (frame["status"] == MATCHED).to_numpy()
     for rule in compare:
         left, right = f"{rule.column}_src", f"{rule.column}_tgt"
         if left not in frame.columns or right not in frame.columns:
             raise DataError(f"compare: column {rule.column!r} must exist on both sides; combined columns: "
                             f"{_columns_hint(frame)}")
-        src_values = pd.to_numeric(frame[left], errors="coerce").astype("float64")
-        tgt_values = pd.to_numeric(frame[right], errors="coerce").astype("float64")
-        diff = src_values - tgt_values
+        src_values, tgt_values = money.to_decimal(frame[left]), money.to_decimal(frame[right])
+        diff = money.narrow(src_values - tgt_values)
         frame[f"diff_{rule.column}"] = diff
-        limit = np.maximum(rule.abs_tolerance, rule.rel_tolerance * np.maximum(src_values.abs(), tgt_values.abs()))
-        outside = (diff.abs() > limit + 1e-12) & (frame["status"] == MATCHED)
-        out_of_tolerance |= outside.fillna(False)
-        within |= ((diff.abs() > 0) & ~outside).fillna(False)
-    frame["break"] = (frame["status"] != MATCHED) | out_of_tolerance
-    frame["within_tolerance"] = within & ~frame["break"]
+        distance = pa.array(diff.abs().array)
+        # Exact decimal arithmetic: a difference of 0.01 is within an abs_tolerance of 0.01.
+        limit = pa.scalar(rule.abs_tolerance)
+        if rule.rel_tolerance:
+            larger = pc.max_element_wise(*money.same_type(pa.array(src_values.abs().array),
+                                                          pa.array(tgt_values.abs().array)))
+            relative = pc.multiply(money.narrow_array(larger), pa.scalar(rule.rel_tolerance))
+            relative, absolute = money.same_type(relative, pa.array([rule.abs_tolerance] * len(frame)))
+            limit = pc.max_element_wise(relative, absolute)
+        outside = pc.fill_null(pc.greater(distance, limit), False).to_numpy(zero_copy_only=False) & matched
+        differs = pc.fill_null(pc.greater(distance, 0), False).to_numpy(zero_copy_only=False)
+        out_of_tolerance |= outside
+        within |= differs & ~outside
+    frame["break"] = ~matched | out_of_tolerance
+    frame["within_tolerance"] = within & ~frame["break"].to_numpy()
     frame["break_type"] = np.select(
         [frame["status"] == SRC_ONLY, frame["status"] == TGT_ONLY, out_of_tolerance],
         ["missing_in_target", "missing_in_source", "value_difference"], default="")
@@ -283,7 +270,10 @@ def apply_rules(combined: pd.DataFrame, compare: list[Compare], rules: list[Rule
         open_breaks = frame["break"] & frame["category"].isna()
         if not open_breaks.any():
             break
-        hit = open_breaks & mask(rule.when, frame)
+        try:
+            hit = open_breaks & mask(rule.when, money.widened(frame))
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            raise DataError(f"rule {rule.name}: {rule.when!r} cannot be computed on these columns: {exc}") from None
         frame.loc[hit, "category"] = rule.category
         frame.loc[hit, "explanation"] = rule.explanation
         frame.loc[hit, "rule"] = rule.name

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from etl import brazil, datasets, odbc, runtime, secrets
+from etl import brazil, datasets, money, odbc, results, runtime, secrets
 from etl.errors import EtlError
 from etl.maps import MapsError, MapsWorkbook, parse_name, plain, read_workbook
 from etl.registry import step
@@ -148,7 +148,7 @@ def maps_consolidate(params: MapsFilesParams) -> dict[str, Any]:
         "files_read": len(books), "days": [d.isoformat() for d in days], "funds": sorted({b.fund for b in books}),
         "sections": {section: len(frame) for section, frame in combined.items()},
         "total_checks": checks, "workbook": str(workbook), "parquet_files": files,
-        "calculation_results": datasets.preview(combined.get("Renda Fixa", combined["Patrimônio"])),
+        "calculation_results": results.preview(combined.get("Renda Fixa", combined["Patrimônio"])),
     }
 
 
@@ -397,7 +397,7 @@ def read_estoque(path: Path, options: datasets.ReadOptions) -> pd.DataFrame:
     if missing:
         raise EtlError(f"{path.name}: missing column(s) {', '.join(missing)}")
     for column in MONEY:
-        frame[column] = brazil.parse_number(frame[column])
+        frame[column] = money.parse_decimal(frame[column], options.decimal, options.thousands)[0]
     for column in ("vencimento", "data_emissao"):
         if column in frame.columns:
             frame[column] = brazil.parse_date(frame[column])
@@ -435,7 +435,9 @@ def fidc_estoque(params: EstoqueParams) -> dict[str, Any]:
 
     def totals(by: str | list[str]) -> pd.DataFrame:
         grouped = stock.groupby(by, dropna=False)
-        out = grouped[MONEY].sum().round(2)
+        out = grouped[MONEY].sum()
+        for column in MONEY:
+            out[column] = money.narrow(out[column], money.MONEY_SCALE)
         out.insert(0, "quantidade", grouped.size())
         return out.reset_index()
 
@@ -470,8 +472,8 @@ def fidc_estoque(params: EstoqueParams) -> dict[str, Any]:
     summary = pd.DataFrame([
         ("Fundo", fund), ("Data", day.strftime("%d/%m/%Y")),
         ("Dia anterior", previous_day.strftime("%d/%m/%Y") if previous_day else "—"),
-        ("Recebíveis", len(stock)), ("Valor nominal", round(stock["valor_nominal"].sum(), 2)),
-        ("Valor presente", round(stock["valor_presente"].sum(), 2)), ("PDD", round(stock["valor_pdd"].sum(), 2)),
+        ("Recebíveis", len(stock)), ("Valor nominal", money.total(stock["valor_nominal"])),
+        ("Valor presente", money.total(stock["valor_presente"])), ("PDD", money.total(stock["valor_pdd"])),
         ("Documentos inválidos", len(invalid)),
         ("Novos", int((movement["movimento"] == "novo").sum())),
         ("Liquidados", int((movement["movimento"] == "liquidado").sum())),
@@ -487,12 +489,12 @@ def fidc_estoque(params: EstoqueParams) -> dict[str, Any]:
     counts = movement["movimento"].value_counts().to_dict()
     return {
         "fund": fund, "date": day.isoformat(), "previous_date": previous_day.isoformat() if previous_day else None,
-        "receivables": len(stock), "valor_presente": round(float(stock["valor_presente"].sum()), 2),
-        "valor_pdd": round(float(stock["valor_pdd"].sum()), 2), "invalid_documents": invalid,
+        "receivables": len(stock), "valor_presente": money.json_text(money.total(stock["valor_presente"])),
+        "valor_pdd": money.json_text(money.total(stock["valor_pdd"])), "invalid_documents": invalid,
         "unknown_pdd_bands": unknown_bands,
         "movement": {k: int(counts.get(k, 0)) for k in ("novo", "liquidado", "baixado")},
         "histogram_data": {"labels": by_band["faixa_pdd"].tolist(),
-                           "values": [round(float(v), 2) for v in by_band["valor_presente"]]},
-        "calculation_results": datasets.preview(by_age), "report": str(report), "parquet": str(parquet),
+                           "values": [money.json_text(v) for v in by_band["valor_presente"]]},
+        "calculation_results": results.preview(by_age), "report": str(report), "parquet": str(parquet),
     }
 

@@ -18,11 +18,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from etl import runtime
 from etl.calendar import previous_business_day
-from etl.comp import rolling, stages
+from etl.comp import rolling, stages, totals
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
 from etl.comp.report import write_report
-from etl.datasets import DataPath, DatasetError, json_value, preview, resolve, write_csv, write_parquet
+from etl.datasets import DataPath, DatasetError, read_parquet, resolve
+from etl.writers import write_csv, write_parquet
 from etl.registry import step
+from etl.results import json_value, preview
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +99,12 @@ class Run:
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
-    def load(self, name: str, made_by: str) -> pd.DataFrame:
+    def load(self, name: str, made_by: str, columns: list[str] | None = None) -> pd.DataFrame:
         path = self.path(name)
         if not path.exists():
             raise stages.DataError(f"{path.name} is missing in {self.run_dir}: run {made_by} first "
                                    f"(for control {self.config.control}, {self.run_date:%d/%m/%Y})")
-        return pd.read_parquet(path)
+        return read_parquet(path, columns)
 
     def save(self, frame: pd.DataFrame, name: str) -> Path:
         return write_parquet(frame, self.path(name))
@@ -194,7 +196,11 @@ def _read(side: str, params: CompParams) -> dict[str, Any]:
     logger.info("reading %s (%s) from %s", dataset.name, side, path)
     raw = stages.read_dataset(path, dataset)
     run.save(raw, f"{side}_raw.parquet")
-    return run.result(raw, file=str(path))
+    totals.record_read(run.run_dir, side, path, max(0, len(raw) - 1))
+    warnings = raw.attrs.get("warnings", [])
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return run.result(raw, file=str(path), read=raw.attrs.get("read", {}), warnings=warnings)
 
 
 def _pre_harmonise(side: str, params: CompParams) -> dict[str, Any]:
@@ -210,7 +216,8 @@ def _harmonise(side: str, params: CompParams) -> dict[str, Any]:
     run = open_run(params)
     dataset = run.config.side(side)
     table = run.load(f"{side}_pre.parquet", f"pre_harmonisation_{side}_comp")
-    table, warnings = stages.harmonise(table, dataset.harmonisation, dataset.name)
+    table, warnings = stages.harmonise(table, dataset.harmonisation, dataset.name, decimal_mark=dataset.read.decimal,
+                                       thousands=dataset.read.thousands)
     for warning in warnings:
         logger.warning("%s", warning)
     run.save(table, f"{side}_harm.parquet")
@@ -313,7 +320,13 @@ def output_rules_comp(params: CompParams) -> dict[str, Any]:
     by_category = (breaks.groupby(["category", "break_type"], dropna=False).size().reset_index(name="breaks")
                    if len(breaks) else pd.DataFrame(columns=["category", "break_type", "breaks"]))
     report = out_dir / resolve_tokens(run.config.output.report_name, run.run_date, run.config.control)
-    write_report(report, _summary(run, results), by_category, breaks,
+    amounts = [c.column for c in run.config.compare]
+    sides = {side: {"name": run.config.side(side).name, **totals.files_read(run.run_dir, side),
+                    "before": run.load(f"{side}_harm.parquet", f"harmonisation_{side}_comp", amounts),
+                    "after": run.load(f"{side}_final.parquet", f"data_transform_{side}_comp", amounts)}
+             for side in SIDES}
+    control_totals = totals.control_totals(sides, results, amounts)
+    write_report(report, _summary(run, results), control_totals, by_category, breaks,
                  breaks[breaks["category"] == stages.UNEXPLAINED],
                  results[~results["break"]].head(run.config.output.matched_sample_rows))
     stem = f"{run.config.control}_{run.run_date:%Y%m%d}"
@@ -324,7 +337,7 @@ def output_rules_comp(params: CompParams) -> dict[str, Any]:
         runtime.add_artifact(path)
     histogram = {str(k): int(v) for k, v in breaks["category"].value_counts().items()}
     return run.result(breaks, files=files, report=str(report), histogram_data=histogram,
-                      break_count=int(len(breaks)))
+                      break_count=int(len(breaks)), control_totals=totals.totals_json(control_totals))
 
 
 @step("break_rolling_comp", CompParams, "Age the breaks")
@@ -403,10 +416,11 @@ def completeness_control_comp(params: CompParams) -> dict[str, Any]:
         logger.info("stage %d/%d: %s", index + 1, len(CHAIN), name)
         outcome = stage(params)
         stages_done[name] = {k: v for k, v in outcome.items() if k in ("row_count", "histogram_data", "warnings",
-                                                                       "files", "break_count")}
+                                                                       "files", "break_count", "control_totals")}
         final = outcome
     report = stages_done["output_rules_comp"]
     return {**{k: v for k, v in final.items() if k not in ("calculation_results",)},
             "calculation_results": final.get("calculation_results"), "stages": stages_done,
             "files": report.get("files", []) + final.get("files", []),
-            "break_count": report.get("break_count"), "histogram_data": final.get("histogram_data")}
+            "break_count": report.get("break_count"), "control_totals": report.get("control_totals"),
+            "histogram_data": final.get("histogram_data")}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from etl import calendar, runtime, settings
 from etl.errors import EtlError
@@ -21,9 +22,20 @@ SAMPLE_TRUSTEE = {"sample": [sys.executable, str(Path(__file__).resolve().parent
 class BusinessDaysParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    date: dt.date | None = Field(None, description="The day to start from (default: today).")
-    end: dt.date | None = Field(None, description="List the business days from `date` to `end` (inclusive).")
+    date: dt.date | None = Field(None, description="The day to start from, dd/mm/yyyy or yyyy-mm-dd (default: today).")
+    end: dt.date | None = Field(None, description="List the business days from `date` to `end` (both included) and "
+                                                  "count the market's DU (date excluded, end included).")
     offset: int | None = Field(None, ge=-5000, le=5000, description="Step this many business days from `date`.")
+
+    @field_validator("date", "end", mode="before")
+    @classmethod
+    def _brazilian_date(cls, value: object) -> object:
+        if isinstance(value, str) and re.fullmatch(r"\s*\d{1,2}/\d{1,2}/\d{4}\s*", value):
+            try:
+                return dt.datetime.strptime(value.strip(), "%d/%m/%Y").date()
+            except ValueError:
+                raise ValueError(f"{value!r} is not a date (dd/mm/yyyy)") from None
+        return value
 
     @model_validator(mode="after")
     def _one_question(self) -> BusinessDaysParams:
@@ -41,6 +53,8 @@ def business_days(params: BusinessDaysParams) -> dict[str, Any]:
     try:
         result: dict[str, Any] = {
             "date": day.isoformat(),
+            "calendar": f"ANBIMA national holidays ({len(calendar.holidays())} dates, "
+                        f"{calendar.holidays()[0].year}-{calendar.holidays()[-1].year})",
             "is_business_day": calendar.is_business_day(day),
             "previous_business_day": calendar.previous_business_day(day).isoformat(),
             "next_business_day": calendar.add_business_days(day, 1).isoformat(),
@@ -53,6 +67,11 @@ def business_days(params: BusinessDaysParams) -> dict[str, Any]:
             listed = [d.isoformat() for d in days if calendar.is_business_day(d)]
             result["business_days"] = listed
             result["count"] = len(listed)
+            result["du"] = calendar.business_days_between(day, params.end)
+            result["conventions"] = {
+                "count": "business days listed, date and end both included",
+                "du": "DU as the market counts it (ANBIMA, B3): business days after date up to and including end",
+            }
     except ValueError as exc:
         raise EtlError(str(exc)) from None
     return result
