@@ -18,7 +18,7 @@ TASK_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-
 
 # Parameter names whose values never leave the process in clear (files, audit): whole words of the
 # name, so `passivo`, `Passivo Total`, `bypass`, `tokens` and `compass` are data, not secrets.
-SECRET_WORDS = frozenset({"password", "passwd", "pwd", "senha", "secret", "token", "apikey", "credential",
+SECRET_WORDS = frozenset({"password", "passwd", "pass", "pwd", "senha", "secret", "token", "apikey", "credential",
                           "credentials", "privatekey"})
 SECRET_WORD_PAIRS = frozenset({("api", "key"), ("private", "key")})
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")

@@ -214,9 +214,11 @@ def test_json_file_is_readable_utf8_with_masked_secrets(store: TaskStore):
     assert data["params"]["nested"]["api_key"] == "***"
     assert data["created_at"].endswith("+00:00")
     assert mask_secrets({"senha": "x", "user": "y"}) == {"senha": "***", "user": "y"}
-    # "pass" as a key or a word part is a secret; inside a word ("passivo", a fund's liabilities) it is not.
-    assert mask_secrets({"dbpass": "x", "db_pass": "x", "pass": "x", "passivo": {"VL_PASSIVO": "1.0"}}) == {
-        "dbpass": "***", "db_pass": "***", "pass": "***", "passivo": {"VL_PASSIVO": "1.0"}}
+    # "pass" as a whole word of the name is a secret; inside a word ("passivo", a fund's liabilities;
+    # "bypass", "compass") it is data.
+    assert mask_secrets({"db_pass": "x", "dbPass": "x", "pass": "x", "passivo": {"VL_PASSIVO": "1.0"},
+                         "bypass": "y", "compass": "z"}) == {
+        "db_pass": "***", "dbPass": "***", "pass": "***", "passivo": {"VL_PASSIVO": "1.0"}, "bypass": "y", "compass": "z"}
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
