@@ -7,6 +7,7 @@ slots free up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -22,7 +23,7 @@ from pydantic import BaseModel
 from api.errors import ShuttingDown, StorageUnavailable
 from api.settings import Settings
 from api.store import TaskStore
-from api.workers import WorkerInfo
+from api.workers import HUNG_AFTER_FACTOR, WorkerInfo
 from api.task import Task, TaskStatus, new_task_id, now_iso
 from etl import registry, runtime, secrets
 from etl.errors import StepStopped
@@ -209,6 +210,11 @@ class Runner:
                     error = {"type": "Timeout", "message": reason, "traceback": None}
                 elif context.stop_reason == "shutdown":
                     status, reason = TaskStatus.STOPPED, "stopped because the worker shut down"
+                elif context.stop_reason == "lost":
+                    # Fenced: the store refuses this end, the verdict of the worker that declared us lost stands.
+                    logger.warning("task %s: no longer owned by this worker; the step stopped at a checkpoint",
+                                   task.task_id)
+                    status, reason = TaskStatus.STOPPED, "this worker no longer owns the task"
                 else:
                     status, reason = TaskStatus.STOPPED, f"stopped on request ({exc})"
             except Exception as exc:
@@ -226,8 +232,15 @@ class Runner:
             logger.error("task %s: could not record its end (%s); retrying", task.task_id, exc.detail)
             with self._lock:
                 self._unrecorded[task.task_id] = lambda: self._record_end(context, status, reason, result, error)
-        except Exception:
+        except Exception as exc:
+            # Never leave the task "running" under a live owner: record the failure to record.
             logger.exception("task %s: could not record its end", task.task_id)
+            message = f"the step ended but its outcome could not be recorded: {type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                self.store.finish(task.task_id, TaskStatus.FAILED, "its outcome could not be recorded",
+                                  owner=self.worker.id, error={"type": type(exc).__name__,
+                                                               "message": secrets.mask_text(message)[:2000],
+                                                               "traceback": None})
         finally:
             with self._lock:
                 self._tasks.pop(task.task_id, None)
@@ -297,7 +310,12 @@ class Runner:
         if not local:
             return
         orders = self.store.control([item.task_id for item in local], self.worker.id)
+        # Confirmed owner as of now: the steps may pass their checkpoints until the point where other
+        # workers would declare this one lost (a process paused longer finds it expired at once).
+        owned_until = time.monotonic() + HUNG_AFTER_FACTOR * self.settings.worker_lost_after_seconds
         for item in local:
+            if orders.get(item.task_id) is None:
+                item.context.owned_until = owned_until
             context = item.context
             order = orders.get(item.task_id)
             if order == "lost" and not item.ending:

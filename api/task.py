@@ -192,8 +192,11 @@ class Task:
             raise ValueError("an ended task needs 'expires_at'")
         worker = data.get("worker")
         if worker is not None and not (isinstance(worker, dict) and isinstance(worker.get("host"), str)
-                                       and isinstance(worker.get("pid"), int)):
-            raise ValueError("field 'worker' must be {host, pid, ...} or null")
+                                       and isinstance(worker.get("pid"), int) and isinstance(worker.get("id"), str)):
+            raise ValueError("field 'worker' must be {id, host, pid} or null")
+        error = data.get("error")
+        if error is not None and not (isinstance(error, dict) and isinstance(error.get("type"), str)):
+            raise ValueError("field 'error' must be {type, message, traceback} or null")
         kinds = {"params": dict, "previous_outputs": dict, "custom_params": dict, "history": list,
                  "log_tail": list, "artifacts": list, "progress": (int, float), "rev": int, "attempt": int,
                  "log_lines": int, "stop_requested": bool, "message": str, "error": dict,
@@ -205,8 +208,9 @@ class Task:
                 raise ValueError(f"field {name!r} has the wrong type ({type(value).__name__})")
         if not all(isinstance(line, str) for line in data.get("log_tail") or []):
             raise ValueError("field 'log_tail' must be a list of text lines")
-        if not all(isinstance(entry, dict) for entry in data.get("history") or []):
-            raise ValueError("field 'history' must be a list of objects")
+        if not all(isinstance(entry, dict) and isinstance(entry.get("status"), str) and isinstance(entry.get("at"), str)
+                   for entry in data.get("history") or []):
+            raise ValueError("field 'history' must be a list of {status, at, reason} objects")
         task = cls.from_dict(data)
         task.queue_key = None
         return task
@@ -283,7 +287,7 @@ class Task:
             "started_at": self.started_at,
             "completed_at": self.completed_at,
             "duration_seconds": self.duration_seconds,
-            "error_type": self.error["type"] if self.error else None,
+            "error_type": self.error.get("type") if self.error else None,
         }
 
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,9 @@ class TaskContext:
     custom_params: dict[str, Any] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
     stop_reason: str | None = None
+    # Monotonic time until which the runner has confirmed that this process still owns the task;
+    # past it (the process was paused or cut off) checkpoints stop the step before it does more.
+    owned_until: float | None = None
     progress: float = 0.0
     message: str = ""
     artifacts: list[str] = field(default_factory=list)
@@ -120,7 +124,11 @@ def progress(percent: float, message: str | None = None) -> None:
 
 def stop_requested() -> bool:
     context = current()
-    return context is not None and context.stop_event.is_set()
+    if context is None:
+        return False
+    if context.owned_until is not None and time.monotonic() > context.owned_until:
+        context.request_stop("lost")
+    return context.stop_event.is_set()
 
 
 def check_stop() -> None:
@@ -135,7 +143,7 @@ def sleep(seconds: float) -> None:
     if context is None:
         threading.Event().wait(seconds)
         return
-    if context.stop_event.wait(seconds):
+    if stop_requested() or context.stop_event.wait(seconds) or stop_requested():
         raise StepStopped()
 
 

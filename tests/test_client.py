@@ -355,3 +355,16 @@ def test_follow_reads_the_event_stream_and_resumes_it_after_a_break():
                                                 ("end", "5")]
     assert [e.text for e in events if e.type == "log"] == ["um", "dois"]
     assert EventStream.seen_last_ids == [None, "2"]
+
+
+def test_a_wait_whose_time_runs_out_while_the_server_is_down_still_names_the_task(make_server, tmp_path):
+    """The timeout error carries the task id even when the last calls found no server."""
+    srv: Server = make_server(tmp_path / "task_storage", workers=2)
+    with Client(srv.url, timeout=5) as client:
+        task = client.run("diag_sleep", {"seconds": 60})
+        srv.stop(signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as timed_out:
+            task.wait(timeout=3)
+        assert timed_out.value.task_id == task.task_id
+        assert time.monotonic() - started < 15

@@ -74,3 +74,70 @@ def test_shutdown_records_what_it_interrupted(make_runner):
     assert runner.store.get(cooperative.task_id).status is TaskStatus.STOPPED
     lost = runner.store.get(stubborn.task_id)
     assert lost.status is TaskStatus.FAILED and lost.error["type"] == "WorkerLost"
+
+
+def test_a_result_that_cannot_be_stored_fails_the_task_instead_of_leaving_it_running(make_runner):
+    """A step returning something JSON cannot hold must not keep its slot for ever."""
+    from decimal import Decimal
+
+    from pydantic import BaseModel
+
+    from etl.registry import step
+
+    class Nothing(BaseModel):
+        pass
+
+    @step("test_odd_result", Nothing, "Return an unstorable result", diagnostic=True)
+    def odd(params: Nothing) -> dict:
+        return {"total": Decimal("1.50"), "seen": {1, 2}}  # a Decimal is fine (exact text); a set is not
+
+    try:
+        runner = make_runner()
+        task = _run(runner, "test_odd_result")
+        failed = _wait(runner, task.task_id, {"failed"})
+        assert "could not be recorded" in failed.error["message"]
+        assert runner.store.live_running() == 0
+    finally:
+        registry._steps.pop("test_odd_result", None)
+
+
+def test_a_decimal_in_a_result_is_kept_as_its_exact_text(make_runner):
+    from decimal import Decimal
+
+    from pydantic import BaseModel
+
+    from etl.registry import step
+
+    class Nothing(BaseModel):
+        pass
+
+    @step("test_money_result", Nothing, "Return money", diagnostic=True)
+    def money(params: Nothing) -> dict:
+        return {"total": Decimal("10954.76")}
+
+    try:
+        runner = make_runner()
+        task = _run(runner, "test_money_result")
+        assert _wait(runner, task.task_id, {"completed"}).result == {"total": "10954.76"}
+    finally:
+        registry._steps.pop("test_money_result", None)
+
+
+def test_a_step_whose_ownership_is_not_confirmed_stops_at_its_next_checkpoint(tmp_path):
+    """A process paused past the loss limit resumes with an expired confirmation: no more work."""
+    from etl import runtime
+    from etl.errors import StepStopped
+
+    context = runtime.TaskContext(task_id="t", input_dir=tmp_path, output_dir=tmp_path, work_root=tmp_path,
+                                  work_dir=tmp_path / "w")
+    with runtime.bind(context):
+        context.owned_until = time.monotonic() + 60
+        runtime.check_stop()
+        context.owned_until = time.monotonic() - 0.001
+        try:
+            runtime.check_stop()
+        except StepStopped:
+            pass
+        else:
+            raise AssertionError("the checkpoint let an unconfirmed owner run on")
+    assert context.stop_reason == "lost"

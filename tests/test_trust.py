@@ -89,13 +89,18 @@ def test_5_bad_task_files_are_skipped_and_reported_and_the_server_starts(make_se
     good = new_task_id()
     (storage / f"{good}.json").write_text(json.dumps(_valid_record(good)), encoding="utf-8")
     bad_ids = []
-    for value in [*BAD_FILES.values(), "EXPIRES", "WORKER", "HISTORY"]:
+    for value in [*BAD_FILES.values(), "EXPIRES", "WORKER", "WORKER_NO_ID", "ERROR_NO_TYPE", "HISTORY"]:
         task_id = new_task_id()
         bad_ids.append(task_id)
         if value == "EXPIRES":
             value = _valid_record(task_id, expires_at=12)
         elif value == "WORKER":
             value = _valid_record(task_id, worker="x")
+        elif value == "WORKER_NO_ID":  # a running task whose owner has no id broke the index build
+            value = _valid_record(task_id, status="running", completed_at=None, expires_at=None,
+                                  worker={"host": "h", "pid": 1})
+        elif value == "ERROR_NO_TYPE":  # gave a 500 on every /tasks page holding it
+            value = _valid_record(task_id, status="failed", error={"message": "x"})
         elif value == "HISTORY":
             value = _valid_record(task_id, history="not a list")
         (storage / f"{task_id}.json").write_text(json.dumps(value), encoding="utf-8")
@@ -335,6 +340,31 @@ def test_listing_one_step_walks_that_steps_index_only(tmp_path):
     page2, _ = store.list_tasks(status=None, step="rare", limit=2, cursor=cursor)
     assert [t.task_id for t in page + page2] == rare[::-1]
     assert set(reads) == {"step:rare:"}
+    store.finish(rare[0], TaskStatus.COMPLETED, "done")
+    done, cursor = store.list_tasks(status=TaskStatus.COMPLETED, step="rare", limit=5, cursor=None)
+    assert [t.task_id for t in done] == [rare[0]] and cursor is None
+    store.close()
+
+
+def test_a_step_and_status_filter_over_many_tasks_answers_in_bounded_pages(tmp_path, monkeypatch):
+    from api.store import reading
+
+    monkeypatch.setattr(reading, "STEP_SCAN_LIMIT", 1000)
+    store = _new_store(tmp_path / "s", max_running=10_000, max_queued=10_000)
+    store.heartbeat(ME)
+    wanted = store.submit(_task(), ME, None)[0].task_id  # the oldest, still running
+    tasks = [_task() for _ in range(2500)]
+    for task in tasks:
+        task.transition(TaskStatus.COMPLETED, "seeded", 3600)
+    store.import_tasks(tasks)
+    found, cursor, pages = [], None, 0
+    while True:
+        page, cursor = store.list_tasks(status=TaskStatus.RUNNING, step="diag_noop", limit=10, cursor=cursor)
+        found += [t.task_id for t in page]
+        pages += 1
+        if cursor is None:
+            break
+    assert found == [wanted] and pages >= 2  # short pages with a cursor, never one unbounded scan
     store.close()
 
 
@@ -399,3 +429,21 @@ def test_10_a_worker_paused_past_its_limit_resumes_aborts_its_step_and_keeps_the
     final = srv.status(task_id)
     assert final["status"] == "failed" and final["error"]["type"] == "WorkerLost"
     assert [h["status"] for h in final["history"]] == ["queued", "running", "failed"]
+
+
+def test_log_reads_seek_to_the_line_asked_and_hold_back_a_line_still_being_written(tmp_path):
+    from api.store.logindex import STRIDE, LogIndex
+
+    log = tmp_path / "t.log"
+    log.write_text("".join(f"line {n}\n" for n in range(1, 3 * STRIDE + 11)) + "half a li", encoding="utf-8")
+    index = LogIndex()
+    assert index.read(log, 0, 2, False) == ["line 1", "line 2"]
+    assert index.read(log, 2 * STRIDE + 5, 3, False) == [f"line {2 * STRIDE + n}" for n in (6, 7, 8)]
+    assert index.read(log, 3 * STRIDE + 8, 10, False) == [f"line {3 * STRIDE + n}" for n in (9, 10)]
+    assert index.read(log, 3 * STRIDE + 8, 10, True)[-1] == "half a li"
+    with open(log, "a", encoding="utf-8") as out:
+        out.write("ne\nnext\n")
+    assert index.read(log, 3 * STRIDE + 10, 10, False) == ["half a line", "next"]
+    log.write_text("fresh\n", encoding="utf-8")  # replaced (shorter): the index starts again
+    assert index.read(log, 0, 10, False) == ["fresh"]
+    assert index.read(log, 5, 10, False) == []

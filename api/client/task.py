@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from api.client.errors import ServerUnreachable, TaskFailed, TaskStopped, WaitTimeout
+from api.client.errors import ServerUnreachable, ServiceUnavailable, TaskFailed, TaskStopped, TooManyRequests, WaitTimeout
 from api.client.events import Event
 from api.client.retry import LONG_POLL_SECONDS, MIN_POLL_INTERVAL_SECONDS, TERMINAL, time_left
 
@@ -66,8 +66,16 @@ class Task:
             wait = LONG_POLL_SECONDS if left is None else max(0.001, min(LONG_POLL_SECONDS, left))
             try:
                 self.state = self.client.status(self.task_id, wait=wait, deadline=deadline)
-            except ServerUnreachable as exc:
-                exc.task_id = self.task_id
+            except (ServerUnreachable, ServiceUnavailable, TooManyRequests) as exc:
+                left = time_left(deadline)
+                if left is not None and left <= 0:
+                    # The caller's time ran out while the server could not answer: still a timeout
+                    # that names the task (it may well be running), never an anonymous failure.
+                    raise WaitTimeout(f"Task {self.task_id} was last seen {self.status}; the time allowed ran out "
+                                      f"while the server could not answer ({exc}).",
+                                      task_id=self.task_id, status=self.status) from exc
+                if isinstance(exc, ServerUnreachable):
+                    exc.task_id = self.task_id
                 raise
 
     def raise_for_status(self) -> Task:

@@ -159,7 +159,7 @@ def task_logs(
 ) -> dict[str, Any]:
     """The task's log, from line `since` on."""
     task = services.store.get(task_id)
-    lines = services.store.read_log(task_id, since, limit)
+    lines = services.store.read_log(task_id, since, limit, include_partial=task.status.terminal)
     next_line = since + len(lines)
     return {"task_id": task_id, "status": task.status.value, "since": since, "next": next_line,
             "lines": lines, "complete": task.status.terminal and len(lines) < limit}
@@ -187,7 +187,7 @@ def stop_task(task_id: str, request: Request, services: ServicesDep, identity: O
 
 @router.get("/tasks", summary="List tasks, newest first",
             responses={**answer(200, TaskList, "One page of tasks, newest first."), **errors(*GUARDED, 422, 503)})
-async def list_tasks(
+def list_tasks(
     services: ServicesDep,
     _: Viewer,
     status: TaskStatus | None = None,

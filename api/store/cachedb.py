@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,19 @@ class CacheUnavailable(Exception):
     """The cache database cannot be opened now (disk full, permissions, held locked); it is not damaged."""
 
 
+def exact_text(value: Any) -> str:
+    """A Decimal as its exact text (money in a result stays to the cent); anything else is refused."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} values cannot be stored as JSON")
+
+
 def encode(value: Any) -> str:
     """JSON text of ``value`` (orjson in C; the stdlib for what orjson refuses, e.g. ints past 64 bits)."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(value, default=exact_text, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=exact_text)
 
 
 class JSONOnlyDisk(diskcache.Disk):

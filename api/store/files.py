@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from api.errors import TaskNotFound
+from api.store.cachedb import exact_text
 from api.task import is_task_id
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
     try:
         # orjson: UTF-8 with accents as they are, indented, and in C (the stdlib's indenting
         # encoder is pure Python and held the GIL long enough to delay every other thread).
-        payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        try:
+            payload = orjson.dumps(data, default=exact_text, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # what orjson refuses (an int past 64 bits) the stdlib writes
+            payload = (json.dumps(data, ensure_ascii=False, indent=2, default=exact_text) + "\n").encode()
         # 0600 on POSIX like the folders (0700): task records may name clients and paths.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         with os.fdopen(fd, "wb") as out:

@@ -32,6 +32,7 @@ from api.store.keys import (
     QUEUE_PREFIX,
 )
 from api.store.liveness import Liveness
+from api.store.logindex import LogIndex
 from api.store.mirror import TaskFiles
 from api.store.reading import Reading
 from api.store.watch import TaskWatch
@@ -84,6 +85,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         self._alive_seen: tuple[float, set[str]] = (0.0, set())
         self._files_done: dict[str, int] = {}  # task id -> revision this process's writer put on disk
         self.watch = TaskWatch()
+        self._logs = LogIndex()
 
     # --- opening -------------------------------------------------------------------------
 

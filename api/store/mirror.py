@@ -134,18 +134,31 @@ class TaskFiles:
         for start in range(0, len(ordered), batch):
             if renew is not None:
                 renew()
-            with self._transaction():
-                counters = self._counters()
-                for task in ordered[start:start + batch]:
-                    if self._load(task.task_id) is not None:
-                        continue
-                    if task.status is TaskStatus.QUEUED:
-                        task.queue_key = self.cache.push(task.task_id, prefix=QUEUE_PREFIX)
-                    task.rev -= 1  # _write adds one back
-                    self._write(task, None, counters, file_current=True)
-                    if task.idempotency_key and task.idempotency_fingerprint:
-                        self._remember_idempotency(task)
-                self._save_counters(counters)
+            chunk = ordered[start:start + batch]
+            try:
+                self._import_batch(chunk)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                # One record the checks let through broke the batch (rolled back): import one by one
+                # and leave out, with a log line, only the records that cannot be indexed.
+                for task in chunk:
+                    try:
+                        self._import_batch([task])
+                    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                        logger.error("rebuild: skipping task %s: %s: %s", task.task_id, type(exc).__name__, exc)
+
+    def _import_batch(self: TaskStore, tasks: list[Task]) -> None:
+        with self._transaction():
+            counters = self._counters()
+            for task in tasks:
+                if self._load(task.task_id) is not None:
+                    continue
+                if task.status is TaskStatus.QUEUED:
+                    task.queue_key = self.cache.push(task.task_id, prefix=QUEUE_PREFIX)
+                task.rev -= 1  # _write adds one back
+                self._write(task, None, counters, file_current=True)
+                if task.idempotency_key and task.idempotency_fingerprint:
+                    self._remember_idempotency(task)
+            self._save_counters(counters)
 
     def ensure_index(self: TaskStore, owner: str, wait_seconds: float = 300.0) -> None:
         """Rebuild from JSON once if this cache is new; other processes wait for it.

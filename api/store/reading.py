@@ -8,6 +8,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from api.store.cachedb import get_many
 from api.store.counters import Counters
 from api.store.keys import K_COUNTERS, K_STATUS, K_STEP
 from api.task import Task, TaskStatus
@@ -15,6 +16,8 @@ from api.task import Task, TaskStatus
 if TYPE_CHECKING:
     from api.store.local import TaskStore
 
+# A step + status filter examines at most this many of the step's tasks per page.
+STEP_SCAN_LIMIT = 20_000
 # Long-polls check the store for changes made by other workers this often (backing off).
 WAIT_FIRST_POLL_SECONDS = 0.002
 WAIT_MAX_POLL_SECONDS = 0.05
@@ -32,7 +35,10 @@ class Reading:
         A step filter walks that step's own index, so a rare step costs no scan of the others.
         """
         if step is not None:
-            page_ids = self._newest_of_step(step, status, limit + 1, cursor)
+            page_ids, stopped_at = self._newest_of_step(step, status, limit + 1, cursor)
+            if stopped_at is not None:
+                tasks = [t for t in (self._load(i) for i in page_ids) if t is not None]
+                return tasks, stopped_at
         else:
             found: set[str] = set()
             for state in [status] if status else list(TaskStatus):
@@ -44,20 +50,29 @@ class Reading:
         next_cursor = page_ids[limit - 1] if len(page_ids) > limit else None
         return tasks, next_cursor
 
-    def _newest_of_step(self: TaskStore, step: str, status: TaskStatus | None, want: int, before: str | None) -> list[str]:
+    def _newest_of_step(self: TaskStore, step: str, status: TaskStatus | None, want: int,
+                        before: str | None) -> tuple[list[str], str | None]:
+        """Up to ``want`` ids of ``step`` (in ``status``), newest first, and where the scan stopped
+        if it examined STEP_SCAN_LIMIT tasks first (a page may then be short: continue from there)."""
         prefix = f"{K_STEP}{step}:"
         ids: list[str] = []
-        page = max(want, 200)
+        page = max(want, 500)
+        scanned = 0
         while len(ids) < want:
             rows = self._range(prefix, before=before, limit=page, newest_first=True)
             batch = [key[len(prefix):] for key, _ in rows]
-            if status is not None:
-                batch = [i for i in batch if self._get(f"{K_STATUS}{status.value}:{i}") is not None]
+            if status is not None and batch:
+                marks = f"{K_STATUS}{status.value}:"
+                found = self._read(lambda: get_many(self.cache, [marks + i for i in batch]))
+                batch = [i for i in batch if marks + i in found]
             ids += batch
+            scanned += len(rows)
             if len(rows) < page:
                 break
             before = rows[-1][0][len(prefix):]
-        return ids[:want]
+            if scanned >= STEP_SCAN_LIMIT and len(ids) < want:
+                return ids, before
+        return ids[:want], None
 
     def counters(self: TaskStore) -> Counters:
         """Every count /stats and /metrics report (one read, whatever the number of tasks)."""
@@ -71,19 +86,10 @@ class Reading:
                     total += entry.stat().st_size
         return total
 
-    def read_log(self: TaskStore, task_id: str, since: int, limit: int) -> list[str]:
-        """Up to ``limit`` log lines of the task after line ``since``."""
-        lines: list[str] = []
-        try:
-            with open(self.paths.log_file(task_id), encoding="utf-8", errors="replace") as log:
-                for number, line in enumerate(log, 1):
-                    if number > since:
-                        lines.append(line.rstrip("\n"))
-                        if len(lines) >= limit:
-                            break
-        except FileNotFoundError:
-            pass
-        return lines
+    def read_log(self: TaskStore, task_id: str, since: int, limit: int, include_partial: bool = True) -> list[str]:
+        """Up to ``limit`` log lines of the task after line ``since``; a line still being written
+        (no newline yet) only with ``include_partial`` (for an ended task)."""
+        return self._logs.read(self.paths.log_file(task_id), since, limit, include_partial)
 
     async def wait_change(self: TaskStore, task_id: str, timeout: float) -> Task:
         """The task once its state, progress or stop flag changes, or as it is after ``timeout`` s.
