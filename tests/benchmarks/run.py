@@ -68,10 +68,11 @@ class Conn:
         raise AssertionError("unreachable")
 
 
-def bench_roundtrip(srv: Server, rounds: int = 300) -> None:
-    conn = Conn(srv.port)
+def roundtrip_samples(port: int, rounds: int = 300, warm_up: int = 20) -> list[float]:
+    """Milliseconds from POST /run/diag_noop to its ended status (long-polled), one task at a time."""
+    conn = Conn(port)
     samples = []
-    for i in range(rounds + 20):
+    for i in range(rounds + warm_up):
         started = time.perf_counter()
         code, task = conn.request("POST", "/run/diag_noop")
         assert code == 202, task
@@ -79,8 +80,13 @@ def bench_roundtrip(srv: Server, rounds: int = 300) -> None:
             code, state = conn.request("GET", f"/status/{task['task_id']}?wait=10")
             if state["status"] in ("completed", "failed", "stopped"):
                 break
-        if i >= 20:  # warm-up excluded
+        if i >= warm_up:
             samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def bench_roundtrip(srv: Server, rounds: int = 300) -> None:
+    samples = roundtrip_samples(srv.port, rounds)
     report("roundtrip_p50", percentile(samples, 0.5), "ms", "<= 3")
     report("roundtrip_p99", percentile(samples, 0.99), "ms", "<= 10")
 
@@ -126,7 +132,10 @@ def _completed(conn: Conn) -> int:
     return conn.request("GET", "/stats")[1]["tasks"]["by_status"]["completed"]
 
 
-def bench_burst(srv: Server, total: int = 1000, clients: int = 16) -> None:
+def burst(srv: Server, total: int = 1000, clients: int = 16) -> dict[str, Any]:
+    """``total`` no-op tasks submitted by ``clients`` threads; tasks/s until the last one completed."""
+    from tests.benchmarks.peer import cpu_seconds
+
     probe = Conn(srv.port)
     before = _completed(probe)
     errors: list[str] = []
@@ -140,6 +149,7 @@ def bench_burst(srv: Server, total: int = 1000, clients: int = 16) -> None:
 
     counts = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
     threads = [threading.Thread(target=client, args=(n,)) for n in counts]
+    cpu_before = cpu_seconds([srv.proc.pid])
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -149,9 +159,15 @@ def bench_burst(srv: Server, total: int = 1000, clients: int = 16) -> None:
     while _completed(probe) - before < total:
         time.sleep(0.005)
     took = time.perf_counter() - started
-    report("burst_tasks_per_second", total / took, "tasks/s", ">= 600",
-           f"{total} tasks, {clients} clients; submits alone {total / submitted:.0f}/s;"
-           f" {len(errors)} errors")
+    return {"tasks_per_second": total / took, "submits_per_second": total / submitted, "errors": len(errors),
+            "cpu_ms_per_task": 1000 * (cpu_seconds([srv.proc.pid]) - cpu_before) / total}
+
+
+def bench_burst(srv: Server, total: int = 1000, clients: int = 16) -> None:
+    result = burst(srv, total, clients)
+    report("burst_tasks_per_second", result["tasks_per_second"], "tasks/s", ">= 600",
+           f"{total} tasks, {clients} clients; submits alone {result['submits_per_second']:.0f}/s;"
+           f" {result['errors']} errors; {result['cpu_ms_per_task']:.2f} ms CPU per task (all workers)")
 
 
 def _wrk(url: str, seconds: int = 5) -> float | None:
@@ -162,18 +178,26 @@ def _wrk(url: str, seconds: int = 5) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def bench_throughput(srv: Server) -> None:
+def status_rate(srv: Server, seconds: int = 5) -> dict[str, float] | None:
+    """wrk req/s of /livez and of an ended task's /status; None without wrk."""
     conn = Conn(srv.port)
     task = conn.request("POST", "/run/diag_noop")[1]
     srv.wait_for(task["task_id"])
-    livez = _wrk(f"{srv.url}/livez")
-    status = _wrk(f"{srv.url}/status/{task['task_id']}")
+    livez = _wrk(f"{srv.url}/livez", seconds)
+    status = _wrk(f"{srv.url}/status/{task['task_id']}", seconds)
     if livez is None or status is None:
+        return None
+    return {"livez_rps": livez, "status_rps": status, "ratio": status / livez}
+
+
+def bench_throughput(srv: Server) -> None:
+    rates = status_rate(srv)
+    if rates is None:
         report("status_vs_livez", None, "ratio", ">= 0.8", "wrk is not installed (apt-get install wrk)")
         return
-    report("livez_rps", livez, "req/s", "", "wrk -t2 -c32 -d5s")
-    report("status_rps", status, "req/s", "", "wrk -t2 -c32 -d5s")
-    report("status_vs_livez", status / livez, "ratio", ">= 0.8")
+    report("livez_rps", rates["livez_rps"], "req/s", "", "wrk -t2 -c32 -d5s")
+    report("status_rps", rates["status_rps"], "req/s", "", "wrk -t2 -c32 -d5s")
+    report("status_vs_livez", rates["ratio"], "ratio", ">= 0.8")
 
 
 def seed(storage: Path, count: int, *, expired: bool = False) -> list[str]:
