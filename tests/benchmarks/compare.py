@@ -6,8 +6,9 @@
 Each pair measures every figure on both sides, the order flipping from pair to pair, so a noisy
 neighbour on a shared machine hits both; the table shows each side's median and range and the
 median and range of the per-pair ratio (ours / peer). ``KEY=VALUE`` sets a service setting
-(``workers=2``, ``worker_class=asgi``) or, as ``gunicorn_args=...``, Gunicorn's own command-line
-options through GUNICORN_CMD_ARGS (``gunicorn_args=--access-logfile=/dev/null``).
+(``workers=2``, ``worker_class=asgi``), as ``gunicorn_args=...`` Gunicorn's own command-line
+options through GUNICORN_CMD_ARGS (``gunicorn_args=--backlog=512``), or as ``env.NAME=...`` any
+environment variable of the server (``env.MALLOC_ARENA_MAX=2``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.benchmarks import run as bench
+from tests.benchmarks import measure as bench
 from tests.benchmarks.peer import Peer
 from tests.server import Server
 
@@ -53,10 +54,13 @@ class ServiceSide:
     def __init__(self, scratch: Path, settings: dict[str, str]) -> None:
         settings = dict(settings)
         self.gunicorn_args = settings.pop("gunicorn_args", "")
+        self.env = {k[4:]: settings.pop(k) for k in list(settings) if k.startswith("env.")}
         self.settings: dict[str, Any] = {k: int(v) if k == "workers" else v for k, v in settings.items()}
         self.label = "service" + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
         if self.gunicorn_args:
             self.label += f" [{self.gunicorn_args}]"
+        if self.env:
+            self.label += f" [{' '.join(f'{k}={v}' for k, v in self.env.items())}]"
         self.storage = Path(tempfile.mkdtemp(prefix="bench-compare-", dir=scratch)) / "task_storage"
         self.srv: Server | None = None
 
@@ -64,6 +68,7 @@ class ServiceSide:
         self.srv = Server(self.storage, **self.settings)
         if self.gunicorn_args:
             self.srv.env["GUNICORN_CMD_ARGS"] = self.gunicorn_args
+        self.srv.env.update(self.env)
         self.srv.start()
 
     def stop(self) -> None:
