@@ -8,7 +8,8 @@ neighbour on a shared machine hits both; the table shows each side's median and 
 median and range of the per-pair ratio (ours / peer). ``KEY=VALUE`` sets a service setting
 (``workers=2``, ``worker_class=asgi``), as ``gunicorn_args=...`` Gunicorn's own command-line
 options through GUNICORN_CMD_ARGS (``gunicorn_args=--backlog=512``), or as ``env.NAME=...`` any
-environment variable of the server (``env.MALLOC_ARENA_MAX=2``).
+environment variable of the server (``env.MALLOC_ARENA_MAX=2``); ``root=FOLDER`` runs the service
+from another checkout (``git archive <commit> | tar -x -C FOLDER``: before vs after a change).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class ServiceSide:
         settings = dict(settings)
         self.gunicorn_args = settings.pop("gunicorn_args", "")
         self.env = {k[4:]: settings.pop(k) for k in list(settings) if k.startswith("env.")}
-        self.settings: dict[str, Any] = {k: int(v) if k == "workers" else v for k, v in settings.items()}
+        self.settings: dict[str, Any] = {k: int(v) if k == "workers" else Path(v) if k == "root" else v
+                                         for k, v in settings.items()}
         self.label = "service" + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
         if self.gunicorn_args:
             self.label += f" [{self.gunicorn_args}]"
