@@ -53,6 +53,9 @@ from etl import registry  # noqa: E402
 
 registry.load_steps()
 import api.main  # noqa: E402,F401  (the app and its libraries: FastAPI, pydantic, starlette)
+import uvicorn.lifespan.on  # noqa: E402,F401  (and what a Uvicorn worker imports when it starts)
+import uvicorn.protocols.websockets.auto  # noqa: E402,F401
+import h11  # noqa: E402,F401
 
 wsgi_app = "api.main:app"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
