@@ -1,10 +1,61 @@
 """Gunicorn settings and hooks (Linux/macOS). Every value comes from the ETL_* settings."""
 
+import ctypes
+import gc
+import os
+import platform
+import threading
+import time
+
 from api.logs import logging_config
 from api.settings import SettingsError, is_loopback, settings_or_exit, warn_unknown_variables
 from api.startup import StartupError, mark_worker_lost, prepare_storage
 
 _settings = settings_or_exit()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _glibc():
+    """The C library when it is glibc (malloc tuning below is glibc's), else None."""
+    # Arrow's default pool (mimalloc) keeps the pages of freed buffers; glibc's are trimmed below.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read when pyarrow is imported below
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):  # glibc < 2.33
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    # Every thread that allocates would get an arena of its own, each keeping its freed chunks.
+    libc.mallopt(-8, 2)  # M_ARENA_MAX
+    return libc
+
+
+_libc = _glibc()
+# A finished step leaves its freed arrays inside glibc's heaps; give them back once this much is free.
+TRIM_FREE_BYTES = 16 * 1024 * 1024
+TRIM_CHECK_SECONDS = 1.0
+
+
+def _trim_freed_memory() -> None:
+    while True:
+        time.sleep(TRIM_CHECK_SECONDS)
+        if _libc.mallinfo2().fordblks > TRIM_FREE_BYTES:
+            _libc.malloc_trim(0)
+
+
+# The step modules (and with them pandas, numpy and pyarrow) are imported once here, before the
+# fork, so every worker shares these pages instead of importing its own copy (~50 MB each).
+from etl import registry  # noqa: E402
+
+registry.load_steps()
+import api.main  # noqa: E402,F401  (the app and its libraries: FastAPI, pydantic, starlette)
+import uvicorn.lifespan.on  # noqa: E402,F401  (and what a Uvicorn worker imports when it starts)
+import uvicorn.protocols.websockets.auto  # noqa: E402,F401
+import h11  # noqa: E402,F401
 
 wsgi_app = "api.main:app"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
@@ -61,3 +112,14 @@ def child_exit(server, worker):
         return
     if lost:
         server.log.warning("worker %s died; marked %d running task(s) failed (WorkerLost)", worker.pid, len(lost))
+
+
+def pre_fork(server, worker):
+    # Objects that exist now are never collected in a worker, so the collector never writes to
+    # (and un-shares) the pages the workers inherited.
+    gc.freeze()
+
+
+def post_fork(server, worker):
+    if _libc is not None:
+        threading.Thread(target=_trim_freed_memory, name="malloc-trim", daemon=True).start()

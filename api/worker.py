@@ -2,7 +2,8 @@
 
 Both get a bounded connection drain on shutdown (Uvicorn's), the request-head timeout
 (api.header_timeout), and no rewriting of the client address from X-Forwarded-For: the app
-decides that from ETL_TRUSTED_PROXIES (api.deps.client_of).
+decides that from ETL_TRUSTED_PROXIES (api.deps.client_of). Uvicorn's access log is replaced by
+api.access (the same lines for a fraction of the CPU).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
+from api.access import AccessLog
 from api.header_timeout import UVICORN_HTTP, HeadTimeout
 from api.settings import CONNECTION_DRAIN_SECONDS
 
@@ -23,7 +25,13 @@ class UvicornWorker(_UvicornWorker):
         "timeout_graceful_shutdown": CONNECTION_DRAIN_SECONDS,
         "http": UVICORN_HTTP,
         "proxy_headers": False,
+        "access_log": False,
     }
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        if self.cfg.accesslog:
+            self.wsgi = AccessLog(self.wsgi)
 
 
 class TimedASGIProtocol(HeadTimeout, ASGIProtocol):

@@ -30,8 +30,10 @@ class Server:
     """One server process tree with its own storage folder."""
 
     def __init__(self, storage: Path, *, kind: str = "gunicorn", workers: int = 4,
-                 probe_headers: dict[str, str] | None = None, port: int | None = None, **settings: Any) -> None:
+                 probe_headers: dict[str, str] | None = None, port: int | None = None, root: Path = ROOT,
+                 **settings: Any) -> None:
         self.storage = storage
+        self.root = root  # the checkout to run (benchmarks compare against another one)
         self.kind = kind
         self.workers = workers
         self.port = port or free_port()  # a given port: a restart on the address clients already use
@@ -62,7 +64,7 @@ class Server:
         else:
             command = [sys.executable, "-m", "api", "serve"]
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         return self.wait_workers(timeout)
 

@@ -1,22 +1,23 @@
 """Service benchmarks against a real 4-worker Gunicorn: prints one JSON line per figure, then a table.
 
-    .venv/bin/python -m tests.benchmarks.run [--only NAME ...] [--worker-class uvicorn|asgi]
+    .venv/bin/python -m tests.benchmarks.run [--only NAME ...] [--worker-class uvicorn|asgi] [--pairs 5]
 
-Names: roundtrip, client, burst, throughput, size, cleanup, stop, loss, etl. `wrk` (Debian package) is used
-for the throughput figure when installed; without it that figure is skipped and says so.
+Names: peer, roundtrip, client, burst, throughput, size, cleanup, stop, loss, footprint, memory, etl.
+`peer` runs a real redis-server and a Celery worker beside the service and measures round trip,
+burst and status rate on both in alternating pairs (tests/benchmarks/compare.py; `--pairs 2` for a
+quick look); `footprint` is the idle server's sum of PSS, `memory` a worker's memory over many
+large tasks (tests/benchmarks/footprint.py). `wrk` (Debian package) is used for the throughput
+figures when installed; without it those figures are skipped and say so.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +28,8 @@ from typing import Any
 
 from api.store import TaskStore
 from api.task import Task, TaskStatus, new_task_id, now_iso
+from tests.benchmarks import compare, footprint
+from tests.benchmarks.measure import Conn, burst, percentile, roundtrip_samples, status_rate
 from tests.server import TERMINAL, Server
 
 RESULTS: list[dict[str, Any]] = []
@@ -39,48 +42,8 @@ def report(figure: str, value: float | None, unit: str, target: str = "", note: 
     print(json.dumps(row, ensure_ascii=False), flush=True)
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-class Conn:
-    """A persistent HTTP/1.1 connection with the least client overhead (stdlib http.client)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"content-type": "application/json"} if payload else {}
-        for attempt in range(2):
-            try:
-                self.conn.request(method, path, body=payload, headers=headers)
-                response = self.conn.getresponse()
-                data = response.read()
-                return response.status, json.loads(data) if data else None
-            except (ConnectionError, http.client.HTTPException):
-                self.conn.close()
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-
 def bench_roundtrip(srv: Server, rounds: int = 300) -> None:
-    conn = Conn(srv.port)
-    samples = []
-    for i in range(rounds + 20):
-        started = time.perf_counter()
-        code, task = conn.request("POST", "/run/diag_noop")
-        assert code == 202, task
-        while True:
-            code, state = conn.request("GET", f"/status/{task['task_id']}?wait=10")
-            if state["status"] in ("completed", "failed", "stopped"):
-                break
-        if i >= 20:  # warm-up excluded
-            samples.append((time.perf_counter() - started) * 1000)
+    samples = roundtrip_samples(srv.port, rounds)
     report("roundtrip_p50", percentile(samples, 0.5), "ms", "<= 3")
     report("roundtrip_p99", percentile(samples, 0.99), "ms", "<= 10")
 
@@ -122,58 +85,21 @@ def bench_client(srv: Server, rounds: int = 300) -> None:
         report(f"{name}_roundtrip_p99", percentile(values, 0.99), "ms")
 
 
-def _completed(conn: Conn) -> int:
-    return conn.request("GET", "/stats")[1]["tasks"]["by_status"]["completed"]
-
-
 def bench_burst(srv: Server, total: int = 1000, clients: int = 16) -> None:
-    probe = Conn(srv.port)
-    before = _completed(probe)
-    errors: list[str] = []
-
-    def client(count: int) -> None:
-        conn = Conn(srv.port)
-        for _ in range(count):
-            code, body = conn.request("POST", "/run/diag_noop")
-            if code != 202:
-                errors.append(f"{code} {body}")
-
-    counts = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-    threads = [threading.Thread(target=client, args=(n,)) for n in counts]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    submitted = time.perf_counter() - started
-    while _completed(probe) - before < total:
-        time.sleep(0.005)
-    took = time.perf_counter() - started
-    report("burst_tasks_per_second", total / took, "tasks/s", ">= 600",
-           f"{total} tasks, {clients} clients; submits alone {total / submitted:.0f}/s;"
-           f" {len(errors)} errors")
-
-
-def _wrk(url: str, seconds: int = 5) -> float | None:
-    if not shutil.which("wrk"):
-        return None
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", url], capture_output=True, text=True).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(match.group(1)) if match else None
+    result = burst(srv, total, clients)
+    report("burst_tasks_per_second", result["tasks_per_second"], "tasks/s", ">= 600",
+           f"{total} tasks, {clients} clients; submits alone {result['submits_per_second']:.0f}/s;"
+           f" {result['errors']} errors; {result['cpu_ms_per_task']:.2f} ms CPU per task (all workers)")
 
 
 def bench_throughput(srv: Server) -> None:
-    conn = Conn(srv.port)
-    task = conn.request("POST", "/run/diag_noop")[1]
-    srv.wait_for(task["task_id"])
-    livez = _wrk(f"{srv.url}/livez")
-    status = _wrk(f"{srv.url}/status/{task['task_id']}")
-    if livez is None or status is None:
+    rates = status_rate(srv)
+    if rates is None:
         report("status_vs_livez", None, "ratio", ">= 0.8", "wrk is not installed (apt-get install wrk)")
         return
-    report("livez_rps", livez, "req/s", "", "wrk -t2 -c32 -d5s")
-    report("status_rps", status, "req/s", "", "wrk -t2 -c32 -d5s")
-    report("status_vs_livez", status / livez, "ratio", ">= 0.8")
+    report("livez_rps", rates["livez_rps"], "req/s", "", "wrk -t2 -c32 -d5s")
+    report("status_rps", rates["status_rps"], "req/s", "", "wrk -t2 -c32 -d5s")
+    report("status_vs_livez", rates["ratio"], "ratio", ">= 0.8")
 
 
 def seed(storage: Path, count: int, *, expired: bool = False) -> list[str]:
@@ -312,13 +238,45 @@ def bench_loss(make: Callable[..., Server]) -> None:
             srv.stop()
 
 
+def bench_peer(args: argparse.Namespace, scratch: Path) -> None:
+    args.peer = "celery"
+    args.ours_set = [] if args.worker_class == "uvicorn" else [f"worker_class={args.worker_class}"]
+    for row in compare.run(args, scratch):
+        ours, peer, ratio = row["ours"], row["peer"], row["ratio"]
+        report(f"vs_celery_{row['figure']}", ratio["median"], "ours/peer", row["target"],
+               f"ours {ours['median']:.2f} ({ours['min']:.2f}-{ours['max']:.2f}) {row['unit']}, celery "
+               f"{peer['median']:.2f} ({peer['min']:.2f}-{peer['max']:.2f}); ratio {ratio['min']:.2f}-"
+               f"{ratio['max']:.2f} over {row['pairs']} pairs")
+
+
+def bench_footprint(worker_class: str) -> None:
+    memory = footprint.idle(Path(tempfile.gettempdir()), worker_class=worker_class)
+    report("idle_sum_pss_mb", memory["sum_pss_mb"], "MB", "<= 200",
+           f"alone (anonymous PSS + the libraries once) {memory['alone_mb']:.0f} MB; 4 workers: master {memory['master_pss_mb']:.0f} MB, workers {memory['worker_pss_mb']} MB PSS"
+           f" (RSS {memory['worker_rss_mb']} MB)")
+
+
+def bench_memory(args: argparse.Namespace) -> None:
+    result = footprint.after_large_tasks(Path(tempfile.gettempdir()), args.memory_rows, args.memory_runs,
+                                         worker_class=args.worker_class)
+    report("worker_pss_over_idle_after_tasks_mb", result["over_idle_mb"], "MB", "<= 50",
+           f"{result['runs']} completeness chains of {result['rows']:,} x {result['rows']:,} rows on one worker "
+           f"({result['task_seconds_median']:.1f} s each): idle {result['idle_mb']:.0f} MB, after the first "
+           f"{result['after_first_mb']:.0f}, after the last {result['after_last_mb']:.0f}, max "
+           f"{result['after_max_mb']:.0f} MB PSS")
+    report("worker_pss_growth_first_to_last_task_mb", result["growth_first_to_last_mb"], "MB", "~0 (no growth)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--worker-class", default="uvicorn", choices=["uvicorn", "asgi"])
+    parser.add_argument("--memory-rows", type=int, default=200_000, help="rows per side of the memory figure's task")
+    parser.add_argument("--memory-runs", type=int, default=20, help="tasks of the memory figure")
+    compare.add_arguments(parser)
     args = parser.parse_args()
-    wanted = set(args.only) if args.only else {"roundtrip", "client", "burst", "throughput", "size", "cleanup", "stop",
-                                               "loss", "etl"}
+    wanted = set(args.only) if args.only else {"peer", "roundtrip", "client", "burst", "throughput", "size", "cleanup",
+                                               "stop", "loss", "footprint", "memory", "etl"}
     started = time.time()
     servers: list[Server] = []
     # Every figure's storage folders go under one scratch folder, removed at the end (the size and
@@ -333,6 +291,8 @@ def main() -> int:
         return srv.start()
 
     try:
+        if "peer" in wanted:
+            bench_peer(args, scratch)
         if wanted & {"roundtrip", "client", "burst", "throughput", "stop"}:
             main_srv = make(Path(tempfile.mkdtemp(prefix="bench-")) / "task_storage")
             for name, bench in (("roundtrip", bench_roundtrip), ("client", bench_client), ("burst", bench_burst),
@@ -346,6 +306,10 @@ def main() -> int:
             bench_cleanup(make)
         if "loss" in wanted:
             bench_loss(make)
+        if "footprint" in wanted:
+            bench_footprint(args.worker_class)
+        if "memory" in wanted:
+            bench_memory(args)
         if "etl" in wanted:
             from tests.benchmarks import etl_bench
 
