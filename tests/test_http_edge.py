@@ -236,7 +236,7 @@ def test_17_the_audit_log_keeps_summaries_and_rotates(make_server, tmp_path):
         assert len(runs) == 5
         for entry in runs:
             assert entry["params"]["truncated"] is True and entry["params"]["bytes"] > 900_000
-            assert entry["params"]["keys"] == ["blob", "n"] and len(entry["params"]["sha256"]) == 64
+            assert {"blob", "n"} <= set(entry["params"]["keys"]) and len(entry["params"]["sha256"]) == 64
         assert all(len(line) < 3000 for line in (srv.storage / "audit.log").read_text().splitlines())
         # small runs keep their parameters whole
         client.post("/run/diag_noop", json={"parameters": {"fund": "Fundo Ação"}})
