@@ -240,7 +240,7 @@ def test_17_the_audit_log_keeps_summaries_and_rotates(make_server, tmp_path):
         assert all(len(line) < 3000 for line in (srv.storage / "audit.log").read_text().splitlines())
         # small runs keep their parameters whole
         client.post("/run/diag_noop", json={"parameters": {"fund": "Fundo Ação"}})
-        assert _audit(srv)[-1]["params"] == {"fund": "Fundo Ação"}
+        assert _audit(srv)[-1]["params"]["fund"] == "Fundo Ação"
         for _ in range(300):  # refused requests are audited too: enough lines to rotate twice over
             assert client.get("/tasks", headers={"Host": "evil.example"}).status_code == 400
     names = sorted(p.name for p in srv.storage.iterdir() if p.name.startswith("audit.log"))
