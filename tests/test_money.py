@@ -1,0 +1,35 @@
+"""Exact money at the edges: literals in expressions, floats from typed cells, missing amounts in the
+control, amounts that look like codes, ODBC decimals, two-decimal CSV money, CNAB 240 segment pairs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pandas as pd
+
+from etl import money
+from etl.expr import Expression, mask
+
+
+def _money(*values: str) -> pd.Series:
+    return money.from_machine_text(pd.Series(values, dtype="string"))
+
+
+def test_decimal_literals_keep_money_exact_in_expressions():
+    frame = money.widened(pd.DataFrame({"valor": _money("0.10", "10.00", "954.66"),
+                                        "quantidade": pd.Series([1, 2, 3], dtype="Int64"),
+                                        "preco": [1.5, 2.5, 3.5]}))
+    times = Expression("valor * 1.1").evaluate(frame)
+    assert money.is_decimal(times) and list(money.tidy(times)) == [Decimal("0.11"), Decimal("11.00"),
+                                                                    Decimal("1050.126")]
+    rounded = money.tidy(Expression("round(valor * 1.1, 2)").evaluate(frame))
+    assert list(rounded) == [Decimal("0.11"), Decimal("11.00"), Decimal("1050.13")]
+    assert list(money.tidy(Expression("quantidade * 1.5").evaluate(frame))) == [Decimal("1.50"), Decimal("3.00"),
+                                                                                Decimal("4.50")]
+    assert list(money.tidy(Expression("valor * (1/4)").evaluate(frame))) == [Decimal("0.025"), Decimal("2.50"),
+                                                                             Decimal("238.665")]
+    # 0.1 * 1.1 is exactly 0.11 here (as a double it is 0.11000000000000001).
+    assert list(mask("valor * 1.1 == 0.11", frame)) == [True, False, False]
+    assert list(mask("valor in [0.1, 954.66]", frame)) == [True, False, True]
+    # Beside a float column a literal is a float, as before.
+    assert Expression("preco * 2.0").evaluate(frame).dtype == "float64"
