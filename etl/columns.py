@@ -35,7 +35,9 @@ class Typing:
 
 
 def _example(values: pd.Series, bad: pd.Series) -> str:
-    return repr(values[bad].iloc[0])
+    value = values[bad].iloc[0]
+    # numpy scalars print as np.float64(inf); the user typed inf.
+    return repr(value.item() if hasattr(value, "item") else value)
 
 
 def apply_type(frame: pd.DataFrame, column: str, kind: str, name: str, found: Typing, *, decimal_mark: str = ",",

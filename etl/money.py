@@ -115,7 +115,10 @@ def parse_decimal(values: pd.Series, decimal_mark: str = ",", thousands: str | N
     """Typed amounts as an exact decimal column, and the mask of values that are not numbers."""
     if is_decimal(values):
         return values, pd.Series(False, index=values.index)
-    if pd.api.types.is_integer_dtype(values) or pd.api.types.is_float_dtype(values):
+    if pd.api.types.is_float_dtype(values):
+        text, bad = _float_text(values)
+        return from_machine_text(text, min_scale), bad
+    if pd.api.types.is_integer_dtype(values):
         return to_decimal(values, min_scale), pd.Series(False, index=values.index)
     text = machine_text(values, decimal_mark, thousands)
     bad = values.notna() & values.astype("string").str.strip().ne("") & text.isna()
@@ -147,11 +150,28 @@ def to_decimal(values: pd.Series, min_scale: int = 0) -> pd.Series:
                          index=values.index) if min_scale == 0 else from_machine_text(
             pd.Series(pc.cast(array, pa.string()), dtype="string", index=values.index), min_scale)
     if pd.api.types.is_float_dtype(values):
-        floats = pa.array(values.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True)
-        text = pc.cast(pc.round(floats, FLOAT_PLACES), pa.string())
-        text = pd.Series(text.to_pandas(), dtype="string", index=values.index)
-        return from_machine_text(text.where(text.str.fullmatch(_NUMBER).fillna(False)), min_scale)
+        return from_machine_text(_float_text(values)[0], min_scale)
     return parse_decimal(values, min_scale=min_scale)[0]
+
+
+def _float_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Floats as machine text rounded to FLOAT_PLACES, and the mask of those no decimal column holds
+    (infinities, more than 38 digits). Arrow writes large and tiny floats with an exponent
+    ("1.234567890123e+10", "1e-7"): those go through their shortest repr, exactly."""
+    floats = pa.array(values.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True)
+    text = pd.Series(pc.cast(pc.round(floats, FLOAT_PLACES), pa.string()).to_pandas(), dtype="string",
+                     index=values.index)
+    plain = text.str.fullmatch(_NUMBER).fillna(False)
+    missing = text.isna() | text.str.lower().eq("nan").fillna(False)
+    for position in np.flatnonzero(~(plain | missing).to_numpy()):
+        value = float(values.iloc[position])
+        exact = Decimal(repr(round(value, FLOAT_PLACES))) if math.isfinite(value) else None
+        written = None if exact is None else format(exact, "f")
+        integer_digits = 0 if written is None else len(written.lstrip("-").split(".")[0])
+        text.iloc[position] = written if written is not None and integer_digits + MAX_SCALE <= 38 else pd.NA
+    text = text.where(~missing)
+    bad = values.notna() & text.isna()
+    return text, bad.fillna(False).astype(bool)
 
 
 def narrow(values: pd.Series, scale: int | None = None) -> pd.Series:

@@ -33,3 +33,18 @@ def test_decimal_literals_keep_money_exact_in_expressions():
     assert list(mask("valor in [0.1, 954.66]", frame)) == [True, False, True]
     # Beside a float column a literal is a float, as before.
     assert Expression("preco * 2.0").evaluate(frame).dtype == "float64"
+
+
+def test_large_and_tiny_floats_become_exact_decimals_and_unconvertible_ones_warn():
+    from etl import columns
+
+    floats = pd.Series([12345678901.23, 1e15, 1e-7, 0.1 + 0.2, float("nan")])
+    assert list(money.to_decimal(floats))[:4] == [Decimal("12345678901.23"), Decimal("1000000000000000"),
+                                                  Decimal("0.0000001"), Decimal("0.3")]
+    parsed, bad = money.parse_decimal(pd.Series([123456789012.34, float("inf"), 1e40, float("nan")]))
+    assert parsed.iloc[0] == Decimal("123456789012.34") and bad.tolist() == [False, True, True, False]
+    frame = pd.DataFrame({"valor": [12345678901.23, float("inf")]})
+    found = columns.Typing()
+    columns.apply_type(frame, "valor", "money", "posicoes", found)
+    assert frame["valor"].iloc[0] == Decimal("12345678901.23")
+    assert found.warnings == ["posicoes.valor: 1 value(s) are not numbers, e.g. inf"]
