@@ -48,3 +48,17 @@ def test_large_and_tiny_floats_become_exact_decimals_and_unconvertible_ones_warn
     columns.apply_type(frame, "valor", "money", "posicoes", found)
     assert frame["valor"].iloc[0] == Decimal("12345678901.23")
     assert found.warnings == ["posicoes.valor: 1 value(s) are not numbers, e.g. inf"]
+
+
+def test_a_matched_pair_with_an_amount_missing_on_one_side_is_a_break():
+    from etl.comp.config import Compare
+    from etl.comp.stages import apply_rules, combine
+
+    src = pd.DataFrame({"seu_numero": pd.Series(["A", "B", "C"], dtype="string"),
+                        "valor": _money("100.00", "200.00", None)})
+    tgt = pd.DataFrame({"seu_numero": pd.Series(["A", "B", "C"], dtype="string"),
+                        "valor": _money("100.00", None, None)})
+    compare = [Compare(column="valor", abs_tolerance=Decimal("0.01"))]
+    result = apply_rules(combine(src, tgt, ["seu_numero"], compare), compare, []).set_index("seu_numero")
+    assert result["break"].to_dict() == {"A": False, "B": True, "C": False}
+    assert result.loc["B", "break_type"] == "value_difference"
