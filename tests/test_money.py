@@ -62,3 +62,21 @@ def test_a_matched_pair_with_an_amount_missing_on_one_side_is_a_break():
     result = apply_rules(combine(src, tgt, ["seu_numero"], compare), compare, []).set_index("seu_numero")
     assert result["break"].to_dict() == {"A": False, "B": True, "C": False}
     assert result.loc["B", "break_type"] == "value_difference"
+
+
+def test_whole_amounts_of_equal_width_are_numbers_and_aggregate_refuses_text_sums(dirs):
+    import pytest
+
+    from etl.datasets import DatasetError
+    from tests.steps import run
+
+    (dirs / "inputs" / "aportes.csv").write_bytes(b"cotista;valor;vencimento;cnpj_fundo\r\n"
+                                                  b"A;150000;200326;07710496000136\r\nB;250000;210326;07710496000136"
+                                                  b"\r\nC;300000;220326;07710496000136\r\n")
+    read = run("read_csv", path="aportes.csv")
+    assert read["types"]["valor"] != "text" and read["types"]["vencimento"] == "text"
+    total = run("aggregate", dataset=read["dataset"], by=[], metrics={"valor": "sum"})
+    assert total["calculation_results"]["table"] == [[700000]]
+    kept = run("read_csv", path="aportes.csv", types={"valor": "text"})
+    with pytest.raises(DatasetError, match=r"'valor' is text.*types: \{valor: money\}"):
+        run("aggregate", dataset=kept["dataset"], by=["cnpj_fundo"], metrics={"valor": "sum"})
