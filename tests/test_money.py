@@ -80,3 +80,13 @@ def test_whole_amounts_of_equal_width_are_numbers_and_aggregate_refuses_text_sum
     kept = run("read_csv", path="aportes.csv", types={"valor": "text"})
     with pytest.raises(DatasetError, match=r"'valor' is text.*types: \{valor: money\}"):
         run("aggregate", dataset=kept["dataset"], by=["cnpj_fundo"], metrics={"valor": "sum"})
+
+
+def test_odbc_decimal_cells_read_back_exactly_in_either_convention():
+    from etl.datasets import _text_frame
+
+    rows = [["titulo", "valor"], ["A", Decimal("1.500")], ["B", Decimal("1234567.891")], ["C", Decimal("-0.010")]]
+    for mark in (",", "."):
+        cells = _text_frame(rows, mark)["c1"].iloc[1:]
+        parsed, bad = money.parse_decimal(cells, mark, min_scale=3)
+        assert list(parsed) == [Decimal("1.500"), Decimal("1234567.891"), Decimal("-0.010")] and not bad.any()
