@@ -26,6 +26,10 @@ INTEGER_DIGITS = 13
 # Floats (computed with float operands) are written rounded to this many places: enough for
 # prices and rates, and it removes the binary noise (10954.759999999998 -> 10954.76).
 FLOAT_PLACES = 10
+# Money in files people read (CSV) is shown with exactly MONEY_SCALE places, ties rounded half up (away
+# from zero, Python's ROUND_HALF_UP), as Brazilian statements and bank files round; arrow's "half_up"
+# would round -0.125 to -0.12.
+OUTPUT_ROUNDING = "half_towards_infinity"
 _NUMBER = r"-?(\d+\.?\d*|\.\d+)"
 
 
@@ -247,9 +251,24 @@ def narrow_array(array: pa.Array) -> pa.Array:
     return pa.array(narrow(pd.Series(pd.arrays.ArrowExtensionArray(array))).array)
 
 
-def to_text(values: pd.Series, decimal_mark: str = ",", thousands: str = "") -> pd.Series:
-    """A decimal or float column as text with its places written out ("150000,00", "1.234,56")."""
+def quantize(values: pd.Series, places: int = MONEY_SCALE) -> pd.Series:
+    """A decimal column with exactly ``places`` places, ties rounded half up (OUTPUT_ROUNDING)."""
+    array = pa.array(values.array)
+    wide = pa.decimal256 if pa.types.is_decimal256(array.type) else pa.decimal128
+    room = 76 if wide is pa.decimal256 else 38
+    # The widest type first: rounding 999.995 up to 1000.00 needs one more integer digit.
+    array = pc.cast(array, wide(room, array.type.scale))
+    if places < array.type.scale:
+        array = pc.round(array, places, round_mode=OUTPUT_ROUNDING)
+    return pd.Series(pd.arrays.ArrowExtensionArray(pc.cast(array, wide(room, places))), index=values.index)
+
+
+def to_text(values: pd.Series, decimal_mark: str = ",", thousands: str = "", places: int | None = None) -> pd.Series:
+    """A decimal or float column as text with its places written out ("150000,00", "1.234,56"); with
+    ``places``, a decimal column is written with exactly that many (rounded half up)."""
     if is_decimal(values):
+        if places is not None:
+            values = quantize(values, places)
         text = pc.cast(pa.array(values.array), pa.string())
     elif pd.api.types.is_float_dtype(values):
         floats = pa.array(values.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True)
@@ -295,4 +314,4 @@ def to_integers(values: pd.Series) -> pd.Series:
 
 
 __all__ = ["from_machine_text", "is_decimal", "json_text", "machine_text", "narrow",
-           "parse_cents", "parse_decimal", "scale_of", "to_decimal", "to_integers", "to_text", "total"]
+           "parse_cents", "parse_decimal", "quantize", "scale_of", "to_decimal", "to_integers", "to_text", "total"]

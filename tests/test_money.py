@@ -90,3 +90,20 @@ def test_odbc_decimal_cells_read_back_exactly_in_either_convention():
         cells = _text_frame(rows, mark)["c1"].iloc[1:]
         parsed, bad = money.parse_decimal(cells, mark, min_scale=3)
         assert list(parsed) == [Decimal("1.500"), Decimal("1234567.891"), Decimal("-0.010")] and not bad.any()
+
+
+def test_csv_money_has_exactly_two_places_rounded_half_up_and_places_keeps_rates(dirs):
+    from tests.steps import run
+
+    (dirs / "inputs" / "carteira.csv").write_bytes(b"titulo;valor;taxa\r\nA;10.000,10;1,2345\r\n"
+                                                   b"B;0,125;2,5\r\nC;-0,125;0,75\r\nD;999,995;1\r\n")
+    read = run("read_csv", path="carteira.csv", types={"valor": "number", "taxa": "number"})
+    derived = run("derive", dataset=read["dataset"], columns={"terco": "valor / 3"})
+    run("output", dataset=derived["dataset"], format="csv", name="carteira", places={"taxa": 4})
+    text = (dirs / "outputs" / "workflow" / "carteira.csv").read_text(encoding="utf-8-sig")
+    assert text.replace('"', "").splitlines() == ["titulo;valor;taxa;terco", "A;10000,10;1,2345;3333,37", "B;0,13;2,5000;0,04",
+                                 "C;-0,13;0,7500;-0,04", "D;1000,00;1,0000;333,33"]
+    weighted = run("aggregate", dataset=read["dataset"], by=[], metrics={"taxa": "weighted_mean"},
+                   weights={"taxa": "valor"})
+    run("output", dataset=weighted["dataset"], format="csv", name="media", decimal=".")
+    assert (dirs / "outputs" / "workflow" / "media.csv").read_text(encoding="utf-8-sig").splitlines()[1] == '"1.21"'
