@@ -107,3 +107,36 @@ def test_csv_money_has_exactly_two_places_rounded_half_up_and_places_keeps_rates
                    weights={"taxa": "valor"})
     run("output", dataset=weighted["dataset"], format="csv", name="media", decimal=".")
     assert (dirs / "outputs" / "workflow" / "media.csv").read_text(encoding="utf-8-sig").splitlines()[1] == '"1.21"'
+
+
+def test_cnab240_segment_q_must_follow_its_p_and_the_error_names_the_line(dirs):
+    import pytest
+
+    from etl.cnab import CnabError
+    from tests.steps import run
+    from tests.test_fund_data import _fixed
+
+    def record(kind: str, extra: dict) -> str:
+        return _fixed(240, {(1, 3): "341", (8, 8): kind, **extra})
+
+    def p(n: int, value: str) -> str:
+        return record("3", {(4, 7): "0001", (9, 13): str(n), (14, 14): "P", (63, 77): f"DOC{n}",
+                            (78, 85): "20032026", (86, 100): value})
+
+    def q(n: int, payer: str) -> str:
+        return record("3", {(4, 7): "0001", (9, 13): str(n), (14, 14): "Q", (19, 33): payer,
+                            (34, 73): f"Pagador {n}", (129, 136): "02013003"})
+
+    def write(details: list[str]) -> None:
+        lines = [record("0", {(4, 7): "0000", (144, 151): "18022026"}), record("1", {(4, 7): "0001"}), *details,
+                 record("5", {(4, 7): "0001", (18, 23): str(len(details) + 2)})]
+        lines.append(record("9", {(4, 7): "9999", (18, 23): "1", (24, 29): str(len(lines) + 1)}))
+        (dirs / "inputs" / "cobranca.rem").write_bytes(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+
+    # Title 1 lost its Q; title 2's Q came after an unrelated P: counts pair up (2 P, 2 Q), payers would not.
+    write([p(1, "150000"), p(2, "8550"), q(3, "11222333000181"), q(4, "07710496000136")])
+    with pytest.raises(CnabError, match=r"cobranca.rem line 3: segment P has no segment Q after it \(line 4 is "
+                                        r"segment 'P'\)"):
+        run("read_cnab", path="cobranca.rem", layout="cnab240")
+    write([p(1, "150000"), q(2, "07710496000136"), p(3, "8550"), q(4, "11222333000181")])
+    assert run("read_cnab", path="cobranca.rem", layout="cnab240")["totals"]["valor_titulo"] == "1585.50"
