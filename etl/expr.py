@@ -42,6 +42,7 @@ MAX_INT_BITS = 512
 MAX_TEXT_CHARS = 100_000
 MAX_TOTAL_TEXT_CHARS = 50_000_000
 MAX_ROUND_DIGITS = 30
+MAX_DECIMAL_DIGITS = 400
 
 
 class ExpressionError(EtlError):
@@ -67,11 +68,14 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "endswith": lambda x, s: _str(x).str.endswith(str(s)).fillna(False),
     "isnull": lambda x: x.isna() if isinstance(x, pd.Series) else x is None,
     "notnull": lambda x: x.notna() if isinstance(x, pd.Series) else x is not None,
-    "coalesce": lambda x, y: (lambda a, b: a.fillna(b) if isinstance(a, pd.Series) else (b if a is None else a))(
-        *_exact(x, y)),
+    "coalesce": lambda x, y: _coalesce(*_exact(x, y)),
     "min": lambda x, y: money.pairwise(*_exact(x, y), "min"),
     "max": lambda x, y: money.pairwise(*_exact(x, y), "max"),
 }
+
+def _coalesce(x: Any, y: Any) -> Any:
+    return x.fillna(y) if isinstance(x, pd.Series) else (y if x is None else x)
+
 
 def _literal(value: Any) -> Any:
     """A number literal with places as an exact Decimal ("1.1" as written, not the double nearest it)."""
@@ -135,6 +139,12 @@ def _check_text_size(lengths: Any) -> None:
 def _check_int(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         raise _Limit(f"the number would have more than {MAX_INT_BITS} bits")
+    if isinstance(value, Decimal) and value.is_finite():
+        # Decimals reach 10**999999 (0.5 ** 10**150 is 0E-1000026): written out, a megabyte per value.
+        if not value:
+            return Decimal(0) if abs(value.as_tuple().exponent) > MAX_DECIMAL_DIGITS else value
+        if max(abs(value.adjusted()), abs(value.as_tuple().exponent)) > MAX_DECIMAL_DIGITS:
+            raise _Limit(f"the number would be written with more than {MAX_DECIMAL_DIGITS} digits")
     return value
 
 
@@ -173,8 +183,8 @@ def _power(a: Any, b: Any) -> Any:
     if isinstance(b, Decimal):
         # A whole exponent written with places (2.0) is sized like any whole one; others are roots (floats).
         b = int(b) if b == b.to_integral_value() else float(b)
-        if isinstance(a, Decimal) and isinstance(b, float):
-            a = float(a)
+    if isinstance(a, Decimal) and isinstance(b, float):
+        a = float(a)
     bases = [abs(v) for v in _python_ints(a) if abs(v) > 1] if not isinstance(a, pd.Series) or a.dtype == object else []
     exponents = [v for v in _python_ints(b) if v > 0]
     if bases and exponents:
@@ -187,8 +197,8 @@ def _power(a: Any, b: Any) -> Any:
 def _divide(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool):
         # 1/3 between literals is an exact decimal too, so valor * (1/3) stays decimal.
-        return Decimal(a) / Decimal(b)
-    return a / b
+        return _check_int(Decimal(a) / Decimal(b))
+    return _check_int(a / b)
 
 
 _BIN_OPS: dict[type, Callable[[Any, Any], Any]] = {

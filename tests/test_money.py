@@ -6,9 +6,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pandas as pd
+import pytest
 
 from etl import money
-from etl.expr import Expression, mask
+from etl.expr import Expression, ExpressionError, mask
 
 
 def _money(*values: str) -> pd.Series:
@@ -33,13 +34,18 @@ def test_decimal_literals_keep_money_exact_in_expressions():
     assert list(mask("valor in [0.1, 954.66]", frame)) == [True, False, True]
     # Beside a float column a literal is a float, as before.
     assert Expression("preco * 2.0").evaluate(frame).dtype == "float64"
+    # Exact literals keep the bounds: a decimal of a million digits is refused when parsed.
+    with pytest.raises(ExpressionError, match="more than 400 digits"):
+        Expression("9.9 ** 999990")
+    with pytest.raises(ExpressionError, match="bits"):
+        Expression("9 ** 9.0 ** 9")
 
 
 def test_large_and_tiny_floats_become_exact_decimals_and_unconvertible_ones_warn():
     from etl import columns
 
     floats = pd.Series([12345678901.23, 1e15, 1e-7, 0.1 + 0.2, float("nan")])
-    assert list(money.to_decimal(floats))[:4] == [Decimal("12345678901.23"), Decimal("1000000000000000"),
+    assert list(money.to_decimal(floats))[:4] == [Decimal("12345678901.23"), Decimal(1000000000000000),
                                                   Decimal("0.0000001"), Decimal("0.3")]
     parsed, bad = money.parse_decimal(pd.Series([123456789012.34, float("inf"), 1e40, float("nan")]))
     assert parsed.iloc[0] == Decimal("123456789012.34") and bad.tolist() == [False, True, True, False]
@@ -65,8 +71,6 @@ def test_a_matched_pair_with_an_amount_missing_on_one_side_is_a_break():
 
 
 def test_whole_amounts_of_equal_width_are_numbers_and_aggregate_refuses_text_sums(dirs):
-    import pytest
-
     from etl.datasets import DatasetError
     from tests.steps import run
 
@@ -110,8 +114,6 @@ def test_csv_money_has_exactly_two_places_rounded_half_up_and_places_keeps_rates
 
 
 def test_cnab240_segment_q_must_follow_its_p_and_the_error_names_the_line(dirs):
-    import pytest
-
     from etl.cnab import CnabError
     from tests.steps import run
     from tests.test_fund_data import _fixed
