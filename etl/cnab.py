@@ -178,11 +178,31 @@ def _segments(rows: pd.Series, record: dict[str, Any], numbers: pd.Series, name:
         if not parts:
             part.insert(0, "linha", numbers[chosen].to_numpy())
         parts.append(part)
-    sizes = {letter: len(part) for letter, part in zip(order, parts)}
-    if len(set(sizes.values())) > 1:
-        counted = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-        raise CnabError(f"{name}: the detail segments do not pair up ({counted})")
+    _check_pairs(segment, numbers, order, name)
     return pd.concat(parts, axis=1)
+
+
+def _check_pairs(segment: pd.Series, numbers: pd.Series, order: list[str], name: str) -> None:
+    """Each title's segments on consecutive lines (P, then its Q on the next line): pairing by count
+    alone would give a P without its Q the payer of a stray Q further on."""
+    letter_at = dict(zip(numbers.to_numpy().tolist(), segment.to_numpy().tolist(), strict=True))
+    firsts = numbers[segment == order[0]].to_numpy()
+
+    def shown(line: int) -> str:
+        return f"segment {letter_at[line]!r}" if line in letter_at else "not a detail segment"
+
+    for offset, letter in enumerate(order[1:], start=1):
+        lines = numbers[segment == letter].to_numpy()
+        expected = set((firsts + offset).tolist())
+        stray = [int(n) for n in lines if int(n) not in expected]
+        alone = [int(n) for n in firsts if int(n) + offset not in set(lines.tolist())]
+        problems = [(n, f"segment {letter} does not follow a segment {order[0]} (line {n - offset} is "
+                        f"{shown(n - offset)})") for n in stray]
+        problems += [(n, f"segment {order[0]} has no segment {letter} after it (line {n + offset} is "
+                         f"{shown(n + offset)})") for n in alone]
+        if problems:
+            line, message = min(problems)
+            raise CnabError(f"{name} line {line}: {message}")
 
 
 def _plain(value: Any) -> Any:

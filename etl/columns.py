@@ -35,7 +35,9 @@ class Typing:
 
 
 def _example(values: pd.Series, bad: pd.Series) -> str:
-    return repr(values[bad].iloc[0])
+    value = values[bad].iloc[0]
+    # numpy scalars print as np.float64(inf); the user typed inf.
+    return repr(value.item() if hasattr(value, "item") else value)
 
 
 def apply_type(frame: pd.DataFrame, column: str, kind: str, name: str, found: Typing, *, decimal_mark: str = ",",
@@ -110,8 +112,16 @@ def apply_type(frame: pd.DataFrame, column: str, kind: str, name: str, found: Ty
     return frame
 
 
+# Fixed-width digit dates that stay text (a typed read must not make 200326 a number).
+DIGIT_DATES = {6: ("%d%m%y",), 8: ("%d%m%Y", "%Y%m%d")}
+
+
 def is_identifier(name: str, values: pd.Series) -> bool:
-    """Text that must stay text: an identifier's column name, leading zeros, or fixed-width digit codes."""
+    """Text that must stay text: an identifier's column name, leading zeros, 11+ digits (CNPJ/CPF
+    without punctuation), or digit dates (ddmmyy, ddmmyyyy, yyyymmdd) in every row.
+
+    Whole amounts of equal width (150000, 250000, 300000) are numbers: width alone says nothing.
+    """
     if IDENTIFIER_NAME.search(str(name)):
         return True
     text = values.dropna().astype("string").str.strip()
@@ -123,7 +133,11 @@ def is_identifier(name: str, values: pd.Series) -> bool:
     digits = text.str.fullmatch(r"\d+")
     if digits.all():
         lengths = text.str.len()
-        return bool(lengths.min() >= 11 or (lengths.nunique() == 1 and lengths.iloc[0] >= 5 and len(text) > 1))
+        if lengths.min() >= 11:
+            return True
+        width = int(lengths.iloc[0])
+        return bool(lengths.nunique() == 1 and any(
+            pd.to_datetime(text, format=pattern, errors="coerce").notna().all() for pattern in DIGIT_DATES.get(width, ())))
     return bool(text.str.fullmatch(r"\d{2}\.\d{3}\.\d{3}/\d{4}-\d{2}|\d{3}\.\d{3}\.\d{3}-\d{2}|\d{5}-\d{3}").any())
 
 

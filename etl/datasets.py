@@ -11,6 +11,7 @@ import math
 import os
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,17 +132,22 @@ def _within_roots(value: str) -> str:
 # refused when the task is submitted (422), not when it runs.
 DataPath = Annotated[str, AfterValidator(_within_roots)]
 
-def _cell_text(value: Any) -> str | None:
-    """A spreadsheet cell as a Brazilian user would have typed it (numbers with a decimal comma)."""
+def _cell_text(value: Any, decimal_mark: str = ",") -> str | None:
+    """A spreadsheet or database cell as a user would have typed it, with the reading's decimal mark
+    (so the same ``read.decimal`` reads it back exactly)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, Decimal):
+        # ODBC NUMERIC/DECIMAL cells: every place as the database holds it (NUMERIC(18,3) 1.500 is 1,500),
+        # never str()'s "1.500", which the decimal comma would read as 1500.
+        return format(value, "f").replace(".", decimal_mark) if value.is_finite() else None
     if isinstance(value, float):
         text = f"{value:.15g}"
         if "e" in text:
             text = f"{value:.10f}".rstrip("0").rstrip(".")
-        return text.replace(".", ",")
+        return text.replace(".", decimal_mark)
     if isinstance(value, int):
         return str(value)
     if isinstance(value, dt.datetime):
@@ -151,9 +157,9 @@ def _cell_text(value: Any) -> str | None:
     return str(value).strip() or None
 
 
-def _text_frame(rows: list[list[Any]]) -> pd.DataFrame:
+def _text_frame(rows: list[list[Any]], decimal_mark: str = ",") -> pd.DataFrame:
     width = max((len(r) for r in rows), default=0)
-    data = {f"c{i}": [(_cell_text(r[i]) if i < len(r) else None) for r in rows] for i in range(width)}
+    data = {f"c{i}": [(_cell_text(r[i], decimal_mark) if i < len(r) else None) for r in rows] for i in range(width)}
     return pd.DataFrame(data, dtype="string")
 
 
@@ -193,11 +199,11 @@ def read_raw(path: Path, fmt: str, options: ReadOptions) -> pd.DataFrame:
                 raise DatasetError(f"{path.name} has no sheet {sheet!r}; its sheets are: {', '.join(names)}")
             sheet = sheet if isinstance(sheet, str) else names[sheet]
             rows = book.get_sheet_by_name(sheet).to_python(skip_empty_area=False)
-            return _text_frame(rows[options.skip_rows:])
+            return _text_frame(rows[options.skip_rows:], options.decimal)
         if fmt == "pdf":
-            return _text_frame(pdf_table_rows(path, options.pages)[options.skip_rows:])
+            return _text_frame(pdf_table_rows(path, options.pages)[options.skip_rows:], options.decimal)
         if fmt == "odbc":
-            return _text_frame(odbc_query_rows(path, options)[options.skip_rows:])
+            return _text_frame(odbc_query_rows(path, options)[options.skip_rows:], options.decimal)
         if fmt in ("cnab240", "cnab400", "cnab444"):
             from etl import cnab
 

@@ -13,6 +13,10 @@ most MAX_INT_BITS bits (``9**9**9**9`` is refused before it is computed); text o
 MAX_TEXT_CHARS per value and MAX_TOTAL_TEXT_CHARS per column (``'a' * 10**9`` likewise); ``%`` only
 on numbers (on text it would be formatting); lists only after ``in``. The parts made of constants
 alone are computed when the expression is parsed, so those errors appear when a task is submitted.
+
+Number literals with places (``1.1``) are exact decimals: with a money (decimal) or whole-number
+column they compute exactly (``valor * 1.1`` is ``0.11`` for ``0.10``, never ``0.11000000000000001``);
+only with a float column do they become floats.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import ast
 import math
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Annotated, Any
 
 import pandas as pd
@@ -37,6 +42,7 @@ MAX_INT_BITS = 512
 MAX_TEXT_CHARS = 100_000
 MAX_TOTAL_TEXT_CHARS = 50_000_000
 MAX_ROUND_DIGITS = 30
+MAX_DECIMAL_DIGITS = 400
 
 
 class ExpressionError(EtlError):
@@ -62,13 +68,43 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "endswith": lambda x, s: _str(x).str.endswith(str(s)).fillna(False),
     "isnull": lambda x: x.isna() if isinstance(x, pd.Series) else x is None,
     "notnull": lambda x: x.notna() if isinstance(x, pd.Series) else x is not None,
-    "coalesce": lambda x, y: x.fillna(y) if isinstance(x, pd.Series) else (y if x is None else x),
-    "min": lambda x, y: money.pairwise(x, y, "min"),
-    "max": lambda x, y: money.pairwise(x, y, "max"),
+    "coalesce": lambda x, y: _coalesce(*_exact(x, y)),
+    "min": lambda x, y: money.pairwise(*_exact(x, y), "min"),
+    "max": lambda x, y: money.pairwise(*_exact(x, y), "max"),
 }
 
+def _coalesce(x: Any, y: Any) -> Any:
+    return x.fillna(y) if isinstance(x, pd.Series) else (y if x is None else x)
+
+
+def _literal(value: Any) -> Any:
+    """A number literal with places as an exact Decimal ("1.1" as written, not the double nearest it)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return Decimal(repr(value))
+    return value
+
+
+def _meet(value: Any, other: Any) -> Any:
+    """``value`` ready to meet ``other``: a Decimal literal stays exact with decimal and whole-number
+    columns (those become decimal) and becomes a float only beside floats."""
+    if isinstance(value, Decimal):
+        if isinstance(other, float) or (isinstance(other, pd.Series) and pd.api.types.is_float_dtype(other.dtype)):
+            return float(value)
+        return value
+    if isinstance(value, float) and math.isfinite(value) and (isinstance(other, Decimal) or money.is_decimal(other)):
+        return Decimal(repr(value))
+    if (isinstance(value, pd.Series) and isinstance(other, Decimal) and pd.api.types.is_integer_dtype(value.dtype)
+            and not pd.api.types.is_bool_dtype(value.dtype)):
+        return money.to_decimal(value)
+    return value
+
+
+def _exact(a: Any, b: Any) -> tuple[Any, Any]:
+    return _meet(a, b), _meet(b, a)
+
+
 def _digits(n: Any) -> int:
-    if isinstance(n, pd.Series) or not isinstance(n, (int, float)) or abs(n) > MAX_ROUND_DIGITS:
+    if isinstance(n, pd.Series) or not isinstance(n, (int, float, Decimal)) or abs(n) > MAX_ROUND_DIGITS:
         raise _Limit(f"round() takes a number of digits between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}")
     return int(n)
 
@@ -103,6 +139,12 @@ def _check_text_size(lengths: Any) -> None:
 def _check_int(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         raise _Limit(f"the number would have more than {MAX_INT_BITS} bits")
+    if isinstance(value, Decimal) and value.is_finite():
+        # Decimals reach 10**999999 (0.5 ** 10**150 is 0E-1000026): written out, a megabyte per value.
+        if not value:
+            return Decimal(0) if abs(value.as_tuple().exponent) > MAX_DECIMAL_DIGITS else value
+        if max(abs(value.adjusted()), abs(value.as_tuple().exponent)) > MAX_DECIMAL_DIGITS:
+            raise _Limit(f"the number would be written with more than {MAX_DECIMAL_DIGITS} digits")
     return value
 
 
@@ -138,6 +180,11 @@ def _python_ints(x: Any) -> list[int]:
 
 
 def _power(a: Any, b: Any) -> Any:
+    if isinstance(b, Decimal):
+        # A whole exponent written with places (2.0) is sized like any whole one; others are roots (floats).
+        b = int(b) if b == b.to_integral_value() else float(b)
+    if isinstance(a, Decimal) and isinstance(b, float):
+        a = float(a)
     bases = [abs(v) for v in _python_ints(a) if abs(v) > 1] if not isinstance(a, pd.Series) or a.dtype == object else []
     exponents = [v for v in _python_ints(b) if v > 0]
     if bases and exponents:
@@ -147,11 +194,18 @@ def _power(a: Any, b: Any) -> Any:
     return _check_int(a**b)
 
 
+def _divide(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool):
+        # 1/3 between literals is an exact decimal too, so valor * (1/3) stays decimal.
+        return _check_int(Decimal(a) / Decimal(b))
+    return _check_int(a / b)
+
+
 _BIN_OPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: _add,
     ast.Sub: lambda a, b: _check_int(a - b),
     ast.Mult: _mult,
-    ast.Div: lambda a, b: a / b,
+    ast.Div: _divide,
     ast.FloorDiv: lambda a, b: a // b,
     ast.Mod: _mod,
     ast.Pow: _power,
@@ -264,7 +318,7 @@ class Expression:
 
     def _eval(self, node: ast.AST, frame: pd.DataFrame) -> Any:
         if isinstance(node, ast.Constant):
-            return node.value
+            return _literal(node.value)
         if isinstance(node, ast.Name):
             name = self._names.get(node.id, node.id)
             if name not in frame.columns:
@@ -279,12 +333,13 @@ class Expression:
                 return ~value.astype(bool) if isinstance(value, pd.Series) else not value
             return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.BinOp):
-            left, right = self._eval(node.left, frame), self._eval(node.right, frame)
+            left, right = _exact(self._eval(node.left, frame), self._eval(node.right, frame))
             try:
                 return _BIN_OPS[type(node.op)](left, right)
             except _Limit as exc:
                 raise _error(self.text, node.col_offset, str(exc)) from None
-            except (ArithmeticError, TypeError, ValueError) as exc:
+            except (ArithmeticError, TypeError, ValueError, NotImplementedError) as exc:
+                # NotImplementedError: arrow has no kernel for it (% on decimal columns).
                 raise _error(self.text, node.col_offset, f"cannot compute this ({type(exc).__name__}: {exc})") from None
         if isinstance(node, ast.BoolOp):
             values = [self._eval(v, frame) for v in node.values]
@@ -301,10 +356,11 @@ class Expression:
                 if isinstance(op, (ast.In, ast.NotIn)):
                     if not isinstance(right, list):
                         raise _error(self.text, right_node.col_offset, "'in' needs a list, e.g. x in ['A', 'B']")
+                    right = [_meet(item, left) for item in right]
                     part = left.isin(right) if isinstance(left, pd.Series) else left in right
                     part = ~part if isinstance(op, ast.NotIn) else part
                 else:
-                    part = _COMPARE[type(op)](left, right)
+                    part = _COMPARE[type(op)](*_exact(left, right))
                 if isinstance(part, pd.Series):
                     part = part.fillna(False).astype(bool)
                 result = part if result is None else result & part

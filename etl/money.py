@@ -26,6 +26,10 @@ INTEGER_DIGITS = 13
 # Floats (computed with float operands) are written rounded to this many places: enough for
 # prices and rates, and it removes the binary noise (10954.759999999998 -> 10954.76).
 FLOAT_PLACES = 10
+# Money in files people read (CSV) is shown with exactly MONEY_SCALE places, ties rounded half up (away
+# from zero, Python's ROUND_HALF_UP), as Brazilian statements and bank files round; arrow's "half_up"
+# would round -0.125 to -0.12.
+OUTPUT_ROUNDING = "half_towards_infinity"
 _NUMBER = r"-?(\d+\.?\d*|\.\d+)"
 
 
@@ -115,7 +119,10 @@ def parse_decimal(values: pd.Series, decimal_mark: str = ",", thousands: str | N
     """Typed amounts as an exact decimal column, and the mask of values that are not numbers."""
     if is_decimal(values):
         return values, pd.Series(False, index=values.index)
-    if pd.api.types.is_integer_dtype(values) or pd.api.types.is_float_dtype(values):
+    if pd.api.types.is_float_dtype(values):
+        text, bad = _float_text(values)
+        return from_machine_text(text, min_scale), bad
+    if pd.api.types.is_integer_dtype(values):
         return to_decimal(values, min_scale), pd.Series(False, index=values.index)
     text = machine_text(values, decimal_mark, thousands)
     bad = values.notna() & values.astype("string").str.strip().ne("") & text.isna()
@@ -147,11 +154,28 @@ def to_decimal(values: pd.Series, min_scale: int = 0) -> pd.Series:
                          index=values.index) if min_scale == 0 else from_machine_text(
             pd.Series(pc.cast(array, pa.string()), dtype="string", index=values.index), min_scale)
     if pd.api.types.is_float_dtype(values):
-        floats = pa.array(values.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True)
-        text = pc.cast(pc.round(floats, FLOAT_PLACES), pa.string())
-        text = pd.Series(text.to_pandas(), dtype="string", index=values.index)
-        return from_machine_text(text.where(text.str.fullmatch(_NUMBER).fillna(False)), min_scale)
+        return from_machine_text(_float_text(values)[0], min_scale)
     return parse_decimal(values, min_scale=min_scale)[0]
+
+
+def _float_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Floats as machine text rounded to FLOAT_PLACES, and the mask of those no decimal column holds
+    (infinities, more than 38 digits). Arrow writes large and tiny floats with an exponent
+    ("1.234567890123e+10", "1e-7"): those go through their shortest repr, exactly."""
+    floats = pa.array(values.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True)
+    text = pd.Series(pc.cast(pc.round(floats, FLOAT_PLACES), pa.string()).to_pandas(), dtype="string",
+                     index=values.index)
+    plain = text.str.fullmatch(_NUMBER).fillna(False)
+    missing = text.isna() | text.str.lower().eq("nan").fillna(False)
+    for position in np.flatnonzero(~(plain | missing).to_numpy()):
+        value = float(values.iloc[position])
+        exact = Decimal(repr(round(value, FLOAT_PLACES))) if math.isfinite(value) else None
+        written = None if exact is None else format(exact, "f")
+        integer_digits = 0 if written is None else len(written.lstrip("-").split(".")[0])
+        text.iloc[position] = written if written is not None and integer_digits + MAX_SCALE <= 38 else pd.NA
+    text = text.where(~missing)
+    bad = values.notna() & text.isna()
+    return text, bad.fillna(False).astype(bool)
 
 
 def narrow(values: pd.Series, scale: int | None = None) -> pd.Series:
@@ -227,9 +251,24 @@ def narrow_array(array: pa.Array) -> pa.Array:
     return pa.array(narrow(pd.Series(pd.arrays.ArrowExtensionArray(array))).array)
 
 
-def to_text(values: pd.Series, decimal_mark: str = ",", thousands: str = "") -> pd.Series:
-    """A decimal or float column as text with its places written out ("150000,00", "1.234,56")."""
+def quantize(values: pd.Series, places: int = MONEY_SCALE) -> pd.Series:
+    """A decimal column with exactly ``places`` places, ties rounded half up (OUTPUT_ROUNDING)."""
+    array = pa.array(values.array)
+    wide = pa.decimal256 if pa.types.is_decimal256(array.type) else pa.decimal128
+    room = 76 if wide is pa.decimal256 else 38
+    # The widest type first: rounding 999.995 up to 1000.00 needs one more integer digit.
+    array = pc.cast(array, wide(room, array.type.scale))
+    if places < array.type.scale:
+        array = pc.round(array, places, round_mode=OUTPUT_ROUNDING)
+    return pd.Series(pd.arrays.ArrowExtensionArray(pc.cast(array, wide(room, places))), index=values.index)
+
+
+def to_text(values: pd.Series, decimal_mark: str = ",", thousands: str = "", places: int | None = None) -> pd.Series:
+    """A decimal or float column as text with its places written out ("150000,00", "1.234,56"); with
+    ``places``, a decimal column is written with exactly that many (rounded half up)."""
     if is_decimal(values):
+        if places is not None:
+            values = quantize(values, places)
         text = pc.cast(pa.array(values.array), pa.string())
     elif pd.api.types.is_float_dtype(values):
         floats = pa.array(values.to_numpy(dtype="float64", na_value=np.nan), from_pandas=True)
@@ -275,4 +314,4 @@ def to_integers(values: pd.Series) -> pd.Series:
 
 
 __all__ = ["from_machine_text", "is_decimal", "json_text", "machine_text", "narrow",
-           "parse_cents", "parse_decimal", "scale_of", "to_decimal", "to_integers", "to_text", "total"]
+           "parse_cents", "parse_decimal", "quantize", "scale_of", "to_decimal", "to_integers", "to_text", "total"]

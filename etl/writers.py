@@ -15,12 +15,15 @@ from etl.datasets import replacing, write_parquet
 MAX_COLUMN_WIDTH = 50
 
 
-def write_csv(frame: pd.DataFrame, path: Path, decimal_mark: str = ",", thousands: str = "") -> Path:
+def write_csv(frame: pd.DataFrame, path: Path, decimal_mark: str = ",", thousands: str = "",
+              places: dict[str, int] | None = None) -> Path:
     """A CSV as Brazilian tools expect it: ';', decimal comma, dd/mm/yyyy, UTF-8 with BOM; atomic.
 
-    Money (decimal columns) is written with all its places ("150000,00"), floats rounded so no
-    binary noise shows. Written with pyarrow's C++ writer (pandas' to_csv took ~15 s per million rows).
+    Money (decimal columns) is written with exactly two places ("150000,00"), ties rounded half up;
+    ``places`` gives other columns (rates, quotas) their own. Floats are rounded so no binary noise
+    shows. Written with pyarrow's C++ writer (pandas' to_csv took ~15 s per million rows).
     """
+    places = places or {}
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -28,7 +31,10 @@ def write_csv(frame: pd.DataFrame, path: Path, decimal_mark: str = ",", thousand
     columns = {}
     for name in frame.columns:
         values = frame[name]
-        if money.is_decimal(values) or pd.api.types.is_float_dtype(values):
+        if money.is_decimal(values):
+            columns[str(name)] = pa.array(money.to_text(values, decimal_mark, thousands, places.get(
+                str(name), money.MONEY_SCALE)), from_pandas=True)
+        elif pd.api.types.is_float_dtype(values):
             columns[str(name)] = pa.array(money.to_text(values, decimal_mark, thousands), from_pandas=True)
         elif pd.api.types.is_datetime64_any_dtype(values):
             columns[str(name)] = pc.strftime(pa.array(values, from_pandas=True), format="%d/%m/%Y")

@@ -254,7 +254,9 @@ def apply_rules(combined: pd.DataFrame, compare: list[Compare], rules: list[Rule
             relative = pc.multiply(money.narrow_array(larger), pa.scalar(rule.rel_tolerance))
             relative, absolute = money.same_type(relative, pa.array([rule.abs_tolerance] * len(frame)))
             limit = pc.max_element_wise(relative, absolute)
-        outside = pc.fill_null(pc.greater(distance, limit), False).to_numpy(zero_copy_only=False) & matched
+        # A matched pair with the amount on one side only has no difference to compare: it is a break.
+        one_sided = (src_values.isna() ^ tgt_values.isna()).to_numpy(dtype=bool)
+        outside = (pc.fill_null(pc.greater(distance, limit), False).to_numpy(zero_copy_only=False) | one_sided) & matched
         differs = pc.fill_null(pc.greater(distance, 0), False).to_numpy(zero_copy_only=False)
         out_of_tolerance |= outside
         within |= differs & ~outside

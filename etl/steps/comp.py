@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from etl import runtime
+from etl import money, runtime
 from etl.calendar import previous_business_day
 from etl.comp import rolling, stages, totals
 from etl.comp.config import ConfigError, ControlConfig, load_config, resolve_tokens
@@ -331,13 +331,25 @@ def output_rules_comp(params: CompParams) -> dict[str, Any]:
                  results[~results["break"]].head(run.config.output.matched_sample_rows))
     stem = f"{run.config.control}_{run.run_date:%Y%m%d}"
     full_parquet = write_parquet(results, out_dir / f"{stem}_results.parquet")
-    full_csv = write_csv(results, out_dir / f"{stem}_results.csv")
+    full_csv = write_csv(results, out_dir / f"{stem}_results.csv", places=_csv_places(run.config.compare))
     files = [str(report), str(full_parquet), str(full_csv)]
     for path in files:
         runtime.add_artifact(path)
     histogram = {str(k): int(v) for k, v in breaks["category"].value_counts().items()}
     return run.result(breaks, files=files, report=str(report), histogram_data=histogram,
                       break_count=int(len(breaks)), control_totals=totals.totals_json(control_totals))
+
+
+def _csv_places(compare: list[Any]) -> dict[str, int]:
+    """Compared columns finer than the cent (quantities with abs_tolerance 0.0001) keep the tolerance's
+    places in the CSV; money is written with two."""
+    places = {}
+    for rule in compare:
+        finest = max(-rule.abs_tolerance.normalize().as_tuple().exponent, money.MONEY_SCALE)
+        if finest > money.MONEY_SCALE:
+            places.update({f"{rule.column}{end}": min(finest, money.MAX_SCALE) for end in ("_src", "_tgt")})
+            places[f"diff_{rule.column}"] = min(finest, money.MAX_SCALE)
+    return places
 
 
 @step("break_rolling_comp", CompParams, "Age the breaks")

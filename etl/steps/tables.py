@@ -69,6 +69,7 @@ def aggregate(params: AggregateParams) -> dict[str, Any]:
     require(frame, params.by + list(params.metrics) + list(params.weights.values()), "aggregate")
     plan = [(column, how) for column, hows in params.metrics.items()
             for how in ([hows] if isinstance(hows, str) else hows)]
+    _refuse_text(frame, plan, params.weights)
     plain = {f"{column}_{how}": (column, how) for column, how in plan if how != "weighted_mean"}
     if params.by:
         result = frame.groupby(params.by, dropna=False, as_index=False, sort=True).agg(**plain) if plain else \
@@ -85,6 +86,19 @@ def aggregate(params: AggregateParams) -> dict[str, Any]:
             result[name] = money.to_decimal(result[name], money.scale_of(frame[column]))
     result = result[[*params.by, *[f"{column}_{how}" for column, how in plan]]]
     return dataset_result(result, save(result, "aggregate"))
+
+
+def _refuse_text(frame: pd.DataFrame, plan: list[tuple[str, str]], weights: dict[str, str]) -> None:
+    """sum/mean of text would concatenate ("150000" + "250000"): refuse and say how to type the column."""
+    arithmetic = [(column, how) for column, how in plan if how in ("sum", "mean", "weighted_mean")]
+    arithmetic += [(weights[column], "weight") for column, how in plan if how == "weighted_mean"]
+    for column, how in arithmetic:
+        values = frame[column]
+        if isinstance(values.dtype, pd.StringDtype) or values.dtype == object and bool(
+                values.map(lambda v: isinstance(v, str)).any()):
+            raise DatasetError(f"aggregate: {column!r} is text, so its {how} cannot be computed (the read kept it "
+                               f"as text, e.g. {values.dropna().iloc[0]!r} looked like a code); read it with "
+                               f"types: {{{column}: money}} (or number, integer)")
 
 
 def _grand(values: pd.Series, how: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -214,17 +214,21 @@ class OutputParams(_Params):
     decimal: Literal[",", "."] = Field(",", description="CSV: decimal mark (',' writes ';'-separated 1234,56; "
                                                         "'.' writes ','-separated 1234.56).")
     thousands: Literal["", ".", ","] = Field("", description="CSV: thousands separator ('.' writes 1.234,56).")
+    places: dict[str, Annotated[int, Field(ge=0, le=money.MAX_SCALE)]] = Field(
+        default_factory=dict, description="CSV: places of decimal columns that are not money (rates, quotas: "
+                                          "{\"taxa\": 6}); money is written with exactly 2, ties half up.")
 
 
 @step("output", OutputParams, "Write a dataset out")
 def output(params: OutputParams) -> dict[str, Any]:
     """Write a dataset to ETL_OUTPUT_DIR/workflow as Excel (money as #,##0.00), CSV (two places, UTF-8 BOM) or Parquet."""
     frame, _ = load(params.dataset)
+    require(frame, list(params.places), "output places")
     target = runtime.output_dir() / "workflow" / f"{params.name}.{params.format}"
     if params.format == "xlsx":
         write_excel(frame, target)
     elif params.format == "csv":
-        write_csv(frame, target, params.decimal, params.thousands)
+        write_csv(frame, target, params.decimal, params.thousands, params.places)
     else:
         write_parquet(frame, target)
     runtime.add_artifact(target)
