@@ -92,6 +92,10 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def knows(self, identity: Identity) -> bool:
+        """Whether a configured key still has this name and role (a dashboard session's check)."""
+        return any(key.identity == identity for key in self._keys)
+
     def identify(self, presented: str | None) -> Identity:
         if not self.enabled:
             return self.anonymous

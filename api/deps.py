@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
+from starlette.requests import HTTPConnection
 
+from api import sessions
 from api.audit import AuditLog
 from api.auth import Identity, KeyRing, require
 from api.errors import ApiError
@@ -39,7 +41,7 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def _presented_key(request: Request) -> str | None:
+def _presented_key(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
@@ -58,7 +60,7 @@ def _role(role: str):
                     _k: Annotated[object, Security(_api_key)] = None) -> Identity:
         services: Services = request.app.state.services
         try:
-            identity = services.keys.identify(_presented_key(request))
+            identity = identify(request, services.keys)
             require(identity, role)
         except ApiError as exc:
             services.audit.record("denied", None, client_of(request), method=request.method,
@@ -68,6 +70,15 @@ def _role(role: str):
         return identity
 
     return check
+
+
+def identify(connection: HTTPConnection, keys: KeyRing) -> Identity:
+    """The caller: by API key header, else (keys configured) by dashboard session cookie."""
+    presented = _presented_key(connection)
+    if presented is None and keys.enabled and sessions.COOKIE in connection.cookies:
+        method = connection.scope.get("method", "GET")
+        return connection.app.state.sessions.identify(connection, method)
+    return keys.identify(presented)
 
 
 Viewer = Annotated[Identity, Depends(_role("viewer"))]

@@ -14,11 +14,13 @@ from api.audit import AuditLog
 from api.auth import KeyRing
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.events import EventHub
 from api.middleware import BodyLimitAndHeaders, HostAndOriginGuard
-from api.routes import ops, tasks
+from api.routes import events, ops, tasks, ui
 from api.runner import Runner
 from api.scheduler import CleanupScheduler
 from api.schemas import install_openapi
+from api.sessions import Sessions
 from api.settings import Settings, SettingsError, get_settings, settings_or_exit
 from api.store import make_store
 from etl import registry
@@ -55,6 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         current = active_settings()
         services = build_services(current)
         app.state.services = services
+        app.state.events = EventHub(services.store)
+        app.state.sessions = Sessions(services.store.session_secret(), services.keys,
+                                      current.session_hours * 3600)
         try:
             yield
         finally:
@@ -68,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="2.0.0",
         summary="Run ETL steps as tasks: start, poll, read the output, stop.",
         lifespan=lifespan,
+        # Served by api/routes/ui.py from pinned local assets: the default pages load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
         # The service reports through /metrics and its logs; FastAPI's OpenTelemetry hooks looked up
         # three global providers on every request (~12 µs, a fifth of a /livez answer).
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -76,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     app.include_router(tasks.router)
     app.include_router(ops.router)
+    app.include_router(events.router)
+    ui.install(app)
     app.add_middleware(HostAndOriginGuard, settings=active_settings)
     app.add_middleware(BodyLimitAndHeaders, max_bytes=lambda: active_settings().max_body_bytes)
     origins = (settings or _environment_settings()).cors_origin_list

@@ -149,6 +149,8 @@ def stats(services: Services) -> dict[str, Any]:
                      "max_queued_tasks": store.max_queued, "free_slots": max(0, store.max_running - running)},
         "success_rate": counters.success_rate(),
         "duration_seconds": durations,
+        "queue_wait_seconds": {"p50": counters.queue_wait_quantile(0.5), "p95": counters.queue_wait_quantile(0.95)},
+        "tasks_per_hour": counters.per_hour(),
         "storage": {"cache_bytes": store.cache_size_bytes(),
                     "disk_free_bytes": shutil.disk_usage(store.paths.root).free},
         "workers": workers,

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     task_logs_max_mb: float = Field(1024.0, gt=0)
     cors_origins: str = ""
     rate_limit_per_minute: float = Field(0.0, ge=0)
+    session_hours: float = Field(8.0, gt=0, le=24 * 30)  # dashboard login lifetime
 
     # --- HTTP trust boundary: who may call, from where, and what is recorded about them ---
     anonymous_role: Literal["viewer", "operator", "admin"] = "operator"

@@ -148,6 +148,7 @@ class Task:
     secret_fields: list[list[str]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     rev: int = 0
+    event_id: int = 0  # the id of the task's latest event in the store's change feed (GET /events)
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose (asdict deep-copies): the dict is serialised at once, never kept.
@@ -201,7 +202,7 @@ class Task:
                  "log_tail": list, "artifacts": list, "progress": (int, float), "rev": int, "attempt": int,
                  "log_lines": int, "stop_requested": bool, "message": str, "error": dict,
                  "requested_by": dict, "stopped_by": dict, "duration_seconds": (int, float),
-                 "idempotency_key": str, "idempotency_fingerprint": str, "log_file": str}
+                 "idempotency_key": str, "idempotency_fingerprint": str, "log_file": str, "event_id": int}
         for name, kind in kinds.items():
             value = data.get(name)
             if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):

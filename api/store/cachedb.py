@@ -203,3 +203,4 @@ def key_count(cache: diskcache.Cache, prefix: str) -> int:
         "SELECT COUNT(*) FROM Cache WHERE key > ? AND key < ? AND raw = 1", (prefix, prefix + RANGE_END)
     ).fetchone()
     return count
+

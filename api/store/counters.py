@@ -7,11 +7,13 @@ shared by every worker, and reading it costs the same with 100 tasks stored as w
 from __future__ import annotations
 
 import bisect
+import time
 from typing import Any
 
 # Upper bounds (seconds) of the step-duration histogram buckets; the last bucket is +Inf.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 STATUSES = ("queued", "running", "completed", "failed", "stopped")
+HOURS_KEPT = 48  # tasks ended per hour, for the dashboard's last-24-hours chart
 
 
 def _histogram() -> dict[str, Any]:
@@ -51,6 +53,13 @@ class Counters:
         ended[status] = ended.get(status, 0) + 1
         if status == "completed" and duration_seconds is not None:
             _observe(self.data["durations"].setdefault(step, _histogram()), duration_seconds)
+        hours = self.data.setdefault("per_hour", {})
+        hour = str(int(time.time() // 3600 * 3600))
+        slot = hours.setdefault(hour, {})
+        slot[status] = slot.get(status, 0) + 1
+        if len(hours) > HOURS_KEPT:
+            for old in sorted(hours, key=int)[:-HOURS_KEPT]:
+                del hours[old]
 
     # --- reading -------------------------------------------------------------------------
 
@@ -70,18 +79,32 @@ class Counters:
         failed = sum(s.get("failed", 0) for s in self.data["ended"].values())
         return round(completed / (completed + failed), 4) if completed + failed else None
 
+    def per_hour(self, hours: int = 24, now: float | None = None) -> list[dict[str, Any]]:
+        """Tasks ended in each of the last ``hours`` hours (oldest first), by final status."""
+        current = int((time.time() if now is None else now) // 3600 * 3600)
+        kept = self.data.get("per_hour", {})
+        return [{"hour": start, **{s: kept.get(str(start), {}).get(s, 0) for s in STATUSES[2:]}}
+                for start in range(current - (hours - 1) * 3600, current + 1, 3600)]
+
+    def queue_wait_quantile(self, q: float) -> float | None:
+        return _quantile(self.data.get("queue_wait"), q)
+
     def duration_quantile(self, step: str, q: float) -> float | None:
         """Estimated from the histogram, interpolating inside the bucket (as Prometheus does)."""
-        hist = self.data["durations"].get(step)
-        if not hist or not hist["count"]:
-            return None
-        rank = q * hist["count"]
-        seen = 0
-        for index, n in enumerate(hist["buckets"]):
-            if seen + n >= rank and n:
-                low = DURATION_BUCKETS[index - 1] if index else 0.0
-                if index == len(DURATION_BUCKETS):
-                    return low
-                return round(low + (DURATION_BUCKETS[index] - low) * (rank - seen) / n, 4)
-            seen += n
+        return _quantile(self.data["durations"].get(step), q)
+
+
+def _quantile(hist: dict[str, Any] | None, q: float) -> float | None:
+    """Estimated from the histogram, interpolating inside the bucket (as Prometheus does)."""
+    if not hist or not hist["count"]:
         return None
+    rank = q * hist["count"]
+    seen = 0
+    for index, n in enumerate(hist["buckets"]):
+        if seen + n >= rank and n:
+            low = DURATION_BUCKETS[index - 1] if index else 0.0
+            if index == len(DURATION_BUCKETS):
+                return low
+            return round(low + (DURATION_BUCKETS[index] - low) * (rank - seen) / n, 4)
+        seen += n
+    return None

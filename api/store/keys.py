@@ -14,3 +14,5 @@ K_META = "meta:"  # meta:initialized, meta:rebuild, meta:bad_files
 K_DIRTY = "dirty:"  # dirty:<id> -> {"rev", "at"}: the task's JSON file lags the cache; cleared once written
 QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
 K_STEP = "step:"  # step:<step name>:<id> -> "": every task of a step, newest last (GET /tasks?step=)
+K_EVENTS = "events:"  # events:<id % ring size, 6 digits> -> {"id", ...}: the change feed's ring (events.py)
+K_SESSION_SECRET = K_META + "session_secret"  # the key that signs dashboard session cookies (api/sessions.py)

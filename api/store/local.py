@@ -26,6 +26,7 @@ from api.store.admission import Admission, admit
 from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache, put, remove
 from api.store.cleanup import Cleanup
 from api.store.counters import Counters
+from api.store.events import EventLog
 from api.store.files import FileWriter, StoragePaths
 from api.store.keys import (
     K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_RATE, K_STATUS, K_STEP, K_STOP, K_TASK,
@@ -35,6 +36,7 @@ from api.store.liveness import Liveness
 from api.store.logindex import LogIndex
 from api.store.mirror import TaskFiles
 from api.store.reading import Reading
+from api.store.signing import SigningKey
 from api.store.watch import TaskWatch
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import WorkerInfo
@@ -56,7 +58,7 @@ def _disk_full(exc: BaseException) -> bool:
     return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc)
 
 
-class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
+class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
     """All task state shared between worker processes."""
 
     def __init__(
@@ -222,27 +224,37 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
         put(self.cache, K_COUNTERS, counters.data)
 
     def _write(self, task: Task, previous: TaskStatus | None, counters: Counters | None = None,
-               file_current: bool = False) -> None:
-        """Store ``task`` and keep the indexes and counters in step (inside a transaction).
+               file_current: bool = False, history_before: int | None = None) -> None:
+        """Store ``task`` and keep the indexes, counters and change feed in step (inside a transaction).
 
         ``counters``: given when the caller saves them once for many writes; else updated here.
-        ``file_current``: the JSON file already holds this state (a rebuild), so it is not marked dirty.
+        ``file_current``: the JSON file already holds this state (a rebuild): not marked dirty, no event.
+        ``history_before``: the history length before the change (a grown history is a status event).
         """
         cache = self.cache
         task.rev += 1
-        put(cache, K_TASK + task.task_id, task.to_dict())
+        moved = previous is not task.status
+        own = counters is None
+        if own and (moved or not file_current):
+            counters = self._counters()
         if not file_current:
+            task.event_id = self._record_event(task, previous, history_before, counters)
             put(cache, K_DIRTY + task.task_id, {"rev": task.rev, "at": time.time()})
-        if previous is task.status:
-            return
+        put(cache, K_TASK + task.task_id, task.to_dict())
+        if moved:
+            self._index_move(task, previous, counters)
+        if own and counters is not None:
+            self._save_counters(counters)
+
+    def _index_move(self, task: Task, previous: TaskStatus | None, counters: Counters) -> None:
+        """The status and step indexes and the counters follow a change of state."""
+        cache = self.cache
         owner = task.worker["id"] if task.worker and task.status is TaskStatus.RUNNING else None
         if previous is not None:
             remove(cache, f"{K_STATUS}{previous.value}:{task.task_id}")
         else:
             put(cache, f"{K_STEP}{task.step_name}:{task.task_id}", "")
         put(cache, f"{K_STATUS}{task.status.value}:{task.task_id}", {"step": task.step_name, "owner": owner})
-        own = counters is None
-        counters = self._counters() if own else counters
         counters.moved(task.step_name, previous.value if previous else None, task.status.value)
         if previous is None:
             counters.submitted(task.step_name)
@@ -254,8 +266,6 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
             counters.ended(task.step_name, task.status.value, task.duration_seconds)
             if task.stop_requested:
                 remove(cache, K_STOP + task.task_id)
-        if own:
-            self._save_counters(counters)
 
     @staticmethod
     def _expiry_key(task: Task) -> str:
@@ -280,10 +290,10 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading):
             task = self._load(task_id)
             if task is None:
                 return None
-            previous = task.status
+            previous, history_before = task.status, len(task.history)
             if not change(task):
                 return task
-            self._write(task, previous)
+            self._write(task, previous, history_before=history_before)
         self._sync_file(task)
         return task
 

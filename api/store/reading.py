@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from api.store.cachedb import get_many
@@ -90,6 +91,33 @@ class Reading:
         """Up to ``limit`` log lines of the task after line ``since``; a line still being written
         (no newline yet) only with ``include_partial`` (for an ended task)."""
         return self._logs.read(self.paths.log_file(task_id), since, limit, include_partial)
+
+    def read_log_at(self: TaskStore, task_id: str, offset: int, limit: int) -> tuple[list[str], int]:
+        """Up to ``limit`` whole log lines from byte ``offset`` on, and the offset after them.
+
+        For streams that follow a log: each read starts where the last one ended, so a long log
+        is not read again from its start. A last line still being written is left for later.
+        """
+        lines: list[str] = []
+        try:
+            with open(self.paths.log_file(task_id), "rb") as log:
+                log.seek(offset)
+                for raw in log:
+                    if not raw.endswith(b"\n"):
+                        break
+                    offset += len(raw)
+                    lines.append(raw[:-1].decode("utf-8", errors="replace").rstrip("\r"))
+                    if len(lines) >= limit:
+                        break
+        except FileNotFoundError:
+            pass
+        return lines, offset
+
+    def log_path(self: TaskStore, task_id: str) -> Path | None:
+        """The task's full log file for a download (None when the task wrote no log)."""
+        self.get(task_id)
+        path = self.paths.log_file(task_id)
+        return path if path.is_file() else None
 
     async def wait_change(self: TaskStore, task_id: str, timeout: float) -> Task:
         """The task once its state, progress or stop flag changes, or as it is after ``timeout`` s.

@@ -16,6 +16,19 @@ class TaskWatch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._any: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    @contextlib.contextmanager
+    def watch_any(self) -> Iterator[asyncio.Event]:
+        """An event set whenever this process commits a change to any task (the event feed's reader)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._any.add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._lock:
+                self._any.discard(entry)
 
     @contextlib.contextmanager
     def watch(self, task_id: str) -> Iterator[asyncio.Event]:
@@ -35,10 +48,10 @@ class TaskWatch:
 
     def changed(self, task_id: str) -> None:
         """Called from any thread after a change to ``task_id`` is committed."""
-        if not self._waiting:
+        if not self._waiting and not self._any:
             return
         with self._lock:
-            entries = list(self._waiting.get(task_id, ()))
+            entries = [*self._waiting.get(task_id, ()), *self._any]
         for loop, event in entries:
             with contextlib.suppress(RuntimeError):  # the loop closed while shutting down
                 loop.call_soon_threadsafe(event.set)
