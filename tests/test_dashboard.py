@@ -209,6 +209,9 @@ def test_operator_runs_from_the_form_watches_it_live_and_stops_it(keyed: Server,
     seconds = find(driver, "#param-seconds")[0]
     seconds.clear()
     seconds.send_keys("60")
+    every = find(driver, "#param-log_every")[0]
+    every.clear()
+    every.send_keys("0.3")
     screenshot(driver, shots, "run-form")
     find(driver, "#run-submit")[0].click()
     wait(driver, lambda d: "#/task/" in d.current_url, what="the task page")
@@ -218,6 +221,7 @@ def test_operator_runs_from_the_form_watches_it_live_and_stops_it(keyed: Server,
     first = float(find(driver, "#task-progress")[0].get_attribute("aria-valuenow"))
     wait(driver, lambda d: float(find(d, "#task-progress")[0].get_attribute("aria-valuenow")) > first,
          what="progress moving live")
+    wait(driver, lambda d: "line 3" in text_of(d, "#task-log"), what="numbered log lines arriving live")
     assert NAMES["operator"] in text_of(driver, "#fact-requested_by")
     no_csrf = fetch(driver, "POST", f"/stop/{task_id}", csrf=False)
     assert no_csrf["status"] == 403 and "CSRF" in no_csrf["body"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -68,19 +67,13 @@ async def all_events(request: Request, services: ServicesDep, _: Viewer,
         first = False
 
 
-def _foreign_origin(websocket: WebSocket) -> bool:
-    origin = websocket.headers.get("origin")
-    return bool(origin) and urlsplit(origin).netloc != websocket.headers.get("host")
-
-
 @router.websocket("/ws")
 async def events_socket(websocket: WebSocket) -> None:
-    """The old dashboard's WebSocket: subscribe to `task:<id>` or `global`."""
+    """The old dashboard's WebSocket: subscribe to `task:<id>` or `global`.
+
+    A foreign Origin is refused before this runs (api.middleware.HostAndOriginGuard)."""
     services = websocket.app.state.services
     try:
-        if _foreign_origin(websocket):
-            await websocket.close(code=1008, reason="foreign Origin")
-            return
         identity = identify(websocket, services.keys)
         require(identity, "viewer")
     except ApiError as exc:
