@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ServicesDep, Viewer, client_of
 from api.errors import ApiError, NotFound
+from api.json_body import StrictJsonRoute
 from api.sessions import Sessions, is_secure
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -25,7 +26,7 @@ DOCS_ASSETS_URL = "/docs-assets"
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=StrictJsonRoute)
 
 
 class Login(BaseModel):
