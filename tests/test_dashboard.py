@@ -11,7 +11,6 @@ import json
 import os
 import struct
 import sys
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path

@@ -74,7 +74,7 @@ def test_stream_on_one_worker_sees_changes_made_on_another(server: Server) -> No
     assert kinds[-1] == "end" and seen[-1]["data"]["status"] == "stopped"
     statuses = [e["data"]["status"] for e in seen if e["event"] == "status"]
     assert statuses[-1] == "stopped"
-    stopped = [e for e in seen if e["event"] == "status" and e["data"]["status"] == "stopped"][0]
+    stopped = next(e for e in seen if e["event"] == "status" and e["data"]["status"] == "stopped")
     assert stopped["data"]["stopped_by"]["role"]
     assert any(e["event"] == "log" and "sleeping" in e["data"]["text"] for e in seen)
     # The watcher's worker never ran the task: everything came through the store.
@@ -252,7 +252,7 @@ class Socket:
     def _until(self, kind):
         while True:
             event = self._events()
-            if isinstance(event, kind) or isinstance(event, CloseConnection):
+            if isinstance(event, (*kind, CloseConnection)):
                 return event
 
     def send(self, message: dict) -> None:

@@ -23,8 +23,6 @@ from etl.errors import EtlError, StepStopped
 from tests.portal import USERS, Portal
 from tests.server import Server
 
-pytestmark = pytest.mark.browser
-
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_ARGS = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 

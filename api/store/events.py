@@ -84,7 +84,8 @@ class EventLog:
         found: list[dict[str, Any]] = []
         while seq < last and len(found) < limit:
             wanted = range(seq + 1, min(last, seq + _READ_ROWS) + 1)
-            rows = self._read(lambda: get_many(self.cache, [_slot(n) for n in wanted]))
+            keys = [_slot(n) for n in wanted]
+            rows = self._read(lambda keys=keys: get_many(self.cache, keys))
             for n in wanted:
                 event = rows.get(_slot(n))
                 if event is not None and event.get("id") == n and (task_id is None or event["task_id"] == task_id):
