@@ -99,6 +99,12 @@ class EventHub:
         finally:
             self._listeners.discard(listener)
 
+    def close(self) -> None:
+        """Stop the reader (at shutdown; open streams are closed by the server)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+
     def resync(self, listener: Listener) -> int:
         """After an overflow: the listener gets events above the current id again; returns that id."""
         listener.overflowed = False

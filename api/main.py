@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             wait = max(1.0, current.graceful_timeout_seconds - SHUTDOWN_MARGIN_SECONDS)
+            app.state.events.close()
             services.scheduler.stop()
             await anyio.to_thread.run_sync(services.runner.shutdown, wait)
             services.store.close()

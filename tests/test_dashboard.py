@@ -43,8 +43,8 @@ def api(srv: Server, role: str) -> httpx.Client:
     return httpx.Client(base_url=srv.url, headers={"X-API-Key": KEYS[role]}, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory):
+def chromium(profile: Path, lang: str = "en-US"):
+    """Headless Chromium from the machine (Debian packages), offline but for 127.0.0.1."""
     config = etl_browser.browser_config()
     for path in (config["driver"], config["chromium"]):
         assert Path(path).is_file(), f"{path} is missing: install Debian chromium and chromium-driver (tests/run.sh does)"
@@ -55,16 +55,22 @@ def driver(tmp_path_factory: pytest.TempPathFactory):
 
     options = Options()
     options.binary_location = config["chromium"]
-    profile = tmp_path_factory.mktemp("chromium-profile")
     for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 "--disable-background-networking", "--disable-extensions", "--window-size=1280,800",
-                "--lang=en-US", f"--user-data-dir={profile}", OFFLINE_ARGS):
+                f"--lang={lang}", f"--user-data-dir={profile}", OFFLINE_ARGS):
         options.add_argument(arg)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         options.add_argument("--no-sandbox")  # Chromium's sandbox refuses to run as root
+    options.add_experimental_option("prefs", {"intl.accept_languages": lang})
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     chrome = webdriver.Chrome(service=Service(executable_path=config["driver"]), options=options)
     chrome.set_window_size(1280, 800)
+    return chrome
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory):
+    chrome = chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield chrome
     chrome.quit()
 
@@ -270,6 +276,12 @@ def test_tasks_list_updates_live_filters_and_pages(keyed: Server, driver, shots:
     second_page = [row.get_attribute("data-task") for row in find(driver, "#task-table tbody tr")]
     assert second_page and not set(second_page) & set(first_page)
     assert max(second_page) < min(first_page)
+    driver.get(f"{keyed.url}/ui#/tasks?until=2020-01-01")  # created before that day: none
+    wait(driver, lambda d: find(d, "#no-tasks") and find(d, "#no-tasks")[0].is_displayed(), what="no old tasks")
+    today = driver.execute_script("const d = new Date(); return d.getFullYear() + '-' + "
+                                  "String(d.getMonth() + 1).padStart(2, '0') + '-' + String(d.getDate()).padStart(2, '0')")
+    driver.get(f"{keyed.url}/ui#/tasks?from={today}&step=diag_noop")
+    wait(driver, lambda d: len(find(d, "#task-table tbody tr")) == 25, what="today's tasks")
 
 
 def test_overview_numbers_equal_stats_and_admin_cleans_now(keyed: Server, driver, shots: Path) -> None:
@@ -345,6 +357,17 @@ def test_phone_width_portuguese_and_time_zone(keyed: Server, driver, shots: Path
     finally:
         driver.execute_script("localStorage.setItem('etl.lang', 'en')")
         driver.set_window_size(1280, 800)
+
+
+def test_a_portuguese_browser_gets_portuguese(keyed: Server, tmp_path: Path) -> None:
+    chrome = chromium(tmp_path / "profile", lang="pt-BR")
+    try:
+        chrome.get(f"{keyed.url}/ui")
+        wait(chrome, lambda d: find(d, "#login-key"))
+        assert text_of(chrome, "#login-form h1") == "Entrar"
+        assert chrome.execute_script("return document.documentElement.lang") == "pt-BR"
+    finally:
+        chrome.quit()
 
 
 def test_the_page_is_keyboard_usable(keyed: Server, driver) -> None:
