@@ -195,28 +195,17 @@ class TaskStream:
         self.since_line = since_line
         self.seq = 0
         self.line = 0
-        self._offset = 0
 
     def _log_items(self, upto: int) -> Iterator[Item]:
+        """The log lines after the last one sent, up to line ``upto`` (the count an event announced)."""
         while self.line < upto:
-            if self._offset == 0 and self.line > 0:
-                self._skip_to_line()
-            lines, self._offset = self.store.read_log_at(self.task_id, self._offset, min(LOG_BATCH, upto - self.line))
+            lines = self.store.read_log(self.task_id, self.line, min(LOG_BATCH, upto - self.line),
+                                        include_partial=False)
             if not lines:
                 return
             for text in lines:
                 self.line += 1
                 yield Item("log", f"{self.seq}-{self.line}", {"task_id": self.task_id, "line": self.line, "text": text})
-
-    def _skip_to_line(self) -> None:
-        """Find the byte offset after line ``self.line`` (a resumed stream)."""
-        skipped, offset = 0, 0
-        while skipped < self.line:
-            lines, offset = self.store.read_log_at(self.task_id, offset, min(LOG_BATCH * 10, self.line - skipped))
-            if not lines:
-                break
-            skipped += len(lines)
-        self._offset = offset
 
     def _event_items(self, event: dict[str, Any], snapshot: bool = False) -> Iterator[Item]:
         self.seq = max(self.seq, event.get("id", self.seq))

@@ -2,7 +2,7 @@
 
 ``TaskStore`` (local.py) keeps it in diskcache plus one JSON file per task. Routes, the
 runner, the scheduler and the monitor use only its named verbs: submit, claim_next, finish,
-request_stop, control, save_progress, read_log, read_log_at, wait_change, heartbeat, reap_lost,
+request_stop, control, save_progress, read_log, wait_change, heartbeat, reap_lost,
 leases, cleanup state, listing and counters, the change feed (events_after, last_event_id,
 first_event_id) and the dashboard's session_secret.
 """

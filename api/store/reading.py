@@ -92,27 +92,6 @@ class Reading:
         (no newline yet) only with ``include_partial`` (for an ended task)."""
         return self._logs.read(self.paths.log_file(task_id), since, limit, include_partial)
 
-    def read_log_at(self: TaskStore, task_id: str, offset: int, limit: int) -> tuple[list[str], int]:
-        """Up to ``limit`` whole log lines from byte ``offset`` on, and the offset after them.
-
-        For streams that follow a log: each read starts where the last one ended, so a long log
-        is not read again from its start. A last line still being written is left for later.
-        """
-        lines: list[str] = []
-        try:
-            with open(self.paths.log_file(task_id), "rb") as log:
-                log.seek(offset)
-                for raw in log:
-                    if not raw.endswith(b"\n"):
-                        break
-                    offset += len(raw)
-                    lines.append(raw[:-1].decode("utf-8", errors="replace").rstrip("\r"))
-                    if len(lines) >= limit:
-                        break
-        except FileNotFoundError:
-            pass
-        return lines, offset
-
     def log_path(self: TaskStore, task_id: str) -> Path | None:
         """The task's full log file for a download (None when the task wrote no log)."""
         self.get(task_id)
