@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -19,6 +19,11 @@ from api.settings import Settings
 from api.store import TaskStore
 from api.trust import client_address
 
+if TYPE_CHECKING:
+    from api.orchestration.loop import Orchestrator
+    from api.orchestration.pipelines import Pipelines
+    from api.orchestration.schedules import Schedules
+
 
 @dataclass
 class Services:
@@ -30,6 +35,9 @@ class Services:
     scheduler: CleanupScheduler
     keys: KeyRing
     audit: AuditLog
+    pipelines: Pipelines | None = None
+    schedules: Schedules | None = None
+    orchestrator: Orchestrator | None = None
 
 
 # Dependencies are async on purpose: a sync dependency is run in the thread pool, which costs

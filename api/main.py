@@ -16,7 +16,11 @@ from api.deps import Services
 from api.errors import install_error_handlers
 from api.events import EventHub
 from api.middleware import BodyLimitAndHeaders, HostAndOriginGuard
-from api.routes import events, ops, tasks, ui
+from api.orchestration.loop import Orchestrator
+from api.orchestration.pipelines import Pipelines
+from api.orchestration.schedules import Schedules
+from api.routes import events, keys as key_routes, ops, tasks, ui
+from api.routes import pipelines as pipeline_routes, schedules as schedule_routes
 from api.runner import Runner
 from api.scheduler import CleanupScheduler
 from api.schemas import install_openapi
@@ -37,13 +41,21 @@ def build_services(settings: Settings) -> Services:
     store.open()
     registry.load_steps()
     runner = Runner(store, settings)
+    runner.policies.check()
     store.ensure_index(runner.worker.id)
     runner.start()
     scheduler = CleanupScheduler(store, runner.worker.id, settings.cleanup_interval_seconds,
                                  int(settings.task_logs_max_mb * 1024 * 1024))
     scheduler.start()
     audit = AuditLog(settings.storage_dir / "audit.log", settings.audit_log_max_bytes, settings.audit_log_backups)
-    return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings), audit)
+    pipelines = Pipelines(store, runner, settings)
+    pipelines.check_startup()
+    runner.on_task_end = pipelines.on_task_end
+    schedules = Schedules(store, runner, pipelines, settings)
+    orchestrator = Orchestrator(store, runner, pipelines, schedules)
+    orchestrator.start()
+    return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings), audit,
+                    pipelines=pipelines, schedules=schedules, orchestrator=orchestrator)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wait = max(1.0, current.graceful_timeout_seconds - SHUTDOWN_MARGIN_SECONDS)
             app.state.events.close()
             services.scheduler.stop()
+            if services.orchestrator is not None:
+                services.orchestrator.stop()
             await anyio.to_thread.run_sync(services.runner.shutdown, wait)
             services.store.close()
 
@@ -87,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(events.router)
     ui.install(app)
+    app.include_router(pipeline_routes.router)
+    app.include_router(schedule_routes.router)
+    app.include_router(key_routes.router)
     app.add_middleware(HostAndOriginGuard, settings=active_settings)
     app.add_middleware(BodyLimitAndHeaders, max_bytes=lambda: active_settings().max_body_bytes)
     origins = (settings or _environment_settings()).cors_origin_list

@@ -73,6 +73,13 @@ def _runner(services: Services) -> dict[str, Any]:
     return _check(True, "task runner alive")
 
 
+def _orchestration(services: Services) -> dict[str, Any]:
+    loop = services.orchestrator
+    if loop is None or not loop.alive or time.time() - loop.last_pass > SCHEDULER_SILENT_SECONDS:
+        return _check(False, "this worker's orchestration loop (retries, pipelines, schedules) is not running")
+    return _check(True, "orchestration loop alive")
+
+
 def _capacity(services: Services) -> dict[str, Any]:
     store = services.store
     running, queued = store.live_running(), store.queued_count()
@@ -85,7 +92,9 @@ def _stuck(services: Services) -> dict[str, Any]:
     # The runner ends a task by timeout + grace; past that (and a few heartbeats) its worker is hung.
     limit = settings.task_timeout_seconds + settings.stop_grace_seconds + 5 * settings.heartbeat_interval_seconds
     tasks, _ = services.store.list_tasks(status=TaskStatus.RUNNING, step=None, limit=500, cursor=None)
-    stuck = [t.task_id for t in tasks if t.started_at and time.time() - parse_iso(t.started_at) > limit]
+    # A pipeline task runs as long as its nodes do; each node is a task checked here on its own.
+    stuck = [t.task_id for t in tasks if t.started_at and t.pipeline is None
+             and time.time() - parse_iso(t.started_at) > limit]
     if stuck:
         return _check(False, f"{len(stuck)} task(s) running past the timeout: {', '.join(stuck[:5])}")
     return _check(True, "no task is running past its timeout")
@@ -97,6 +106,7 @@ CHECKS = {
     "disk_free": _disk_free,
     "cleanup_scheduler": _scheduler,
     "task_runner": _runner,
+    "orchestration": _orchestration,
     "capacity": _capacity,
     "stuck_tasks": _stuck,
 }
@@ -149,14 +159,26 @@ def stats(services: Services) -> dict[str, Any]:
                      "max_queued_tasks": store.max_queued, "free_slots": max(0, store.max_running - running)},
         "success_rate": counters.success_rate(),
         "duration_seconds": durations,
-        "queue_wait_seconds": {"p50": counters.queue_wait_quantile(0.5), "p95": counters.queue_wait_quantile(0.95)},
+        "queue_wait_seconds": {"p50": counters.queue_wait_quantile(0.5), "p95": counters.queue_wait_quantile(0.95),
+                               **_queue_waits(counters)},
         "tasks_per_hour": counters.per_hour(),
         "storage": {"cache_bytes": store.cache_size_bytes(),
                     "disk_free_bytes": shutil.disk_usage(store.paths.root).free},
         "workers": workers,
         "tasks_started_per_worker": data["started_by"],
         "last_cleanup": store.cleanup_state()["last"],
+        "orchestration": {"retries_waiting": store.waiting_retries(), "dead_letters": store.dead_letter_count(),
+                          "pipelines_running": len(store.running_pipelines())},
     }
+
+
+def _queue_waits(counters: Any) -> dict[str, Any]:
+    """Queue wait p50/p95 per step and per concurrency key (from acceptance, or a retry's queueing, to start)."""
+    data = counters.data
+    return {kind: {name: {"started": hist["count"], "p50": counters.queue_wait_quantile_of(kind, name, 0.5),
+                          "p95": counters.queue_wait_quantile_of(kind, name, 0.95)}
+                   for name, hist in data.get(f"queue_wait_by_{kind}", {}).items()}
+            for kind in ("step", "key")}
 
 
 def _labels(**labels: str) -> str:
@@ -208,6 +230,11 @@ def metrics(services: Services) -> str:
     family("etl_tasks_running", "gauge", "Tasks running on live workers.", [({}, store.live_running())])
     family("etl_tasks_queued", "gauge", "Tasks waiting for a slot.", [({}, store.queued_count())])
     family("etl_max_concurrent_tasks", "gauge", "The global running cap.", [({}, store.max_running)])
+    family("etl_retries_waiting", "gauge", "Failed attempts waiting for their retry time (holding no slot).",
+           [({}, store.waiting_retries())])
+    family("etl_dead_letters", "gauge", "Tasks that failed after their last attempt, not retried or dismissed.",
+           [({}, store.dead_letter_count())])
+    family("etl_pipelines_running", "gauge", "Pipeline runs in progress.", [({}, len(store.running_pipelines()))])
     alive = store.alive_workers()
     family("etl_worker_heartbeat_timestamp_seconds", "gauge", "Last heartbeat of each worker.",
            [({"worker": f"{b['host']}:{b['pid']}", "alive": str(b["id"] in alive).lower()}, b.get("at", 0))

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.errors import ShuttingDown, StorageUnavailable
+from api.orchestration.policies import StepPolicies
 from api.settings import Settings
 from api.store import TaskStore
 from api.workers import HUNG_AFTER_FACTOR, WorkerInfo
@@ -99,6 +100,9 @@ class Runner:
         self._log_handler = runtime.TaskLogHandler()
         self._log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self.abandoned = 0
+        # Called with each task this worker ended (pipelines advance at once when a node ends).
+        self.on_task_end: Callable[[Task], None] | None = None
+        self.policies = StepPolicies(settings.step_policies_file)
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -155,28 +159,44 @@ class Runner:
         """
         if self._closing.is_set():
             raise ShuttingDown()
+        task = self.build_task(step_name, params, body, requested_by)
+        task, replayed = self.store.submit(task, self.worker, idempotency, rate, wait=wait)
+        if not replayed:
+            if task.status is TaskStatus.RUNNING:
+                self.launch(task)
+            else:
+                self._wake.set()
+        return task, replayed
+
+    def build_task(self, step_name: str, params: BaseModel, body: dict[str, Any],
+                   requested_by: dict[str, Any] | None, **links: Any) -> Task:
+        """A new task record for ``step_name`` (not stored yet); ``links``: orchestration fields.
+
+        The step's policy (ETL_STEP_POLICIES_FILE) gives its retry policy and concurrency key.
+        """
         task_id = new_task_id()
-        task = Task(
+        policy = self.policies.get(step_name)
+        if policy.retry is not None:
+            links.setdefault("retry", policy.retry.model_dump())
+        dumped = params.model_dump(mode="json")
+        if policy.concurrency is not None:
+            links.setdefault("concurrency", policy.concurrency.for_task(dumped))
+        return Task(
             task_id=task_id,
             step_name=step_name,
             status=TaskStatus.QUEUED,
             created_at=now_iso(),
-            params=params.model_dump(mode="json"),
+            params=dumped,
             secret_fields=[list(path) for path in secrets.secret_paths(type(params))],
             previous_outputs=body.get("previous_outputs") or {},
             custom_params=body.get("custom_params") or {},
             log_file=str(self.store.paths.log_file(task_id)),
             requested_by=requested_by,
+            **links,
         )
-        task, replayed = self.store.submit(task, self.worker, idempotency, rate, wait=wait)
-        if not replayed:
-            if task.status is TaskStatus.RUNNING:
-                self._launch(task)
-            else:
-                self._wake.set()
-        return task, replayed
 
-    def _launch(self, task: Task) -> None:
+    def launch(self, task: Task) -> None:
+        """Start the thread of a task the store admitted as running on this worker."""
         context = runtime.TaskContext(
             task_id=task.task_id,
             input_dir=self.settings.input_dir,
@@ -220,13 +240,16 @@ class Runner:
             except Exception as exc:
                 reason = f"the step raised {type(exc).__name__}"
                 error = {"type": type(exc).__name__, "message": secrets.mask_text(str(exc)),
-                         "traceback": secrets.mask_text(traceback.format_exc())}
+                         "traceback": secrets.mask_text(traceback.format_exc()),
+                         # the class and its bases: a retry policy may name a base (TransientError)
+                         "kinds": [c.__name__ for c in type(exc).__mro__ if c not in (object, BaseException, Exception)]}
                 logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, error["message"])
             logger.info("task %s: %s", task.task_id, status.value)
         context.close_log()
         item.ending = True
+        ended = None
         try:
-            self._record_end(context, status, reason, result, error)
+            ended = self._record_end(context, status, reason, result, error)
         except StorageUnavailable as exc:
             # The end is kept and retried by the control loop: the task must not stay "running".
             logger.error("task %s: could not record its end (%s); retrying", task.task_id, exc.detail)
@@ -246,9 +269,11 @@ class Runner:
                 self._tasks.pop(task.task_id, None)
             item.done.set()
             self._wake.set()
+        if ended is not None and self.on_task_end is not None:
+            self.on_task_end(ended)
 
     def _record_end(self, context: runtime.TaskContext, status: TaskStatus, reason: str, result: Any,
-                    error: dict[str, Any] | None) -> None:
+                    error: dict[str, Any] | None) -> Task | None:
         def extra(task: Task) -> None:
             task.log_tail = list(context.log_tail)
             task.log_lines = context.log_lines
@@ -258,8 +283,8 @@ class Runner:
 
         if result is not None:
             result = secrets.mask_values(result)  # resolved values only: result keys are data, never masked by name
-        self.store.finish(context.task_id, status, reason, result=result, error=error, extra=extra,
-                          owner=self.worker.id)
+        return self.store.finish(context.task_id, status, reason, result=result, error=error, extra=extra,
+                                 owner=self.worker.id)
 
     # --- the control loop ----------------------------------------------------------------
 
@@ -365,7 +390,15 @@ class Runner:
             if task is None:
                 return
             logger.info("task %s: starting from the queue", task.task_id)
-            self._launch(task)
+            self.launch(task)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    def wake(self) -> None:
+        """Look at the queue now (a retry joined it)."""
+        self._wake.set()
 
     def running_here(self) -> int:
         with self._lock:

@@ -87,6 +87,9 @@ class TaskSummary(BaseModel):
     completed_at: str | None
     duration_seconds: float | None
     error_type: str | None
+    attempt: int = Field(description="1, or the attempt it is on when its retry policy tried again.")
+    parent_id: str | None = Field(description="The pipeline task a node's task belongs to; null otherwise.")
+    node: str | None = Field(description="The node's name in that pipeline; null otherwise.")
 
 
 class TaskList(BaseModel):

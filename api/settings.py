@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     rate_limit_per_minute: float = Field(0.0, ge=0)
     session_hours: float = Field(8.0, gt=0, le=24 * 30)  # dashboard login lifetime
+    pipelines_dir: Path = Path("etl/pipelines")
+    step_policies_file: Path | None = Path("etl/step_policies.json")
+    # A schedule occurrence found later than this (the service was down) follows its missed-run policy.
+    schedule_missed_after_seconds: float = Field(60.0, gt=0)
 
     # --- HTTP trust boundary: who may call, from where, and what is recorded about them ---
     anonymous_role: Literal["viewer", "operator", "admin"] = "operator"
@@ -90,7 +94,8 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("storage_dir", "input_dir", "output_dir", "work_dir", "api_keys_file")
+    @field_validator("storage_dir", "input_dir", "output_dir", "work_dir", "api_keys_file", "pipelines_dir",
+                     "step_policies_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Relative paths are relative to the project, not to wherever the server was started.

@@ -8,6 +8,7 @@ import time
 
 from api.auth import KeyRing
 from api.errors import StorageUnavailable
+from api.orchestration.policies import PolicyError, StepPolicies
 from api.settings import PROJECT_ROOT, Settings
 from api.store import make_store
 from api.store.cachedb import CacheCorrupt, CacheUnavailable
@@ -29,6 +30,10 @@ def prepare_storage(settings: Settings) -> None:
     with its reason and leaves the cache as it is.
     """
     KeyRing.from_settings(settings)
+    try:
+        StepPolicies(settings.step_policies_file).check()
+    except PolicyError as exc:
+        raise StartupError(f"the step policies cannot be used: {exc}") from None
     store = make_store(settings)
     try:
         store.open()

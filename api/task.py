@@ -75,6 +75,20 @@ def is_task_id(value: str) -> bool:
     return bool(TASK_ID_PATTERN.fullmatch(value))
 
 
+def mask_pipeline(pipeline: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A pipeline record with secret-looking run and node parameters masked (node names stay as they are)."""
+    if not pipeline:
+        return pipeline
+    masked = {**pipeline, "run_parameters": mask_secrets(pipeline.get("run_parameters"))}
+    definition = pipeline.get("definition")
+    if isinstance(definition, dict):
+        nodes = definition.get("nodes") if isinstance(definition.get("nodes"), dict) else {}
+        masked["definition"] = {**definition, "parameters": mask_secrets(definition.get("parameters")),
+                                "nodes": {name: {**node, "params": mask_secrets(node.get("params"))}
+                                          if isinstance(node, dict) else node for name, node in nodes.items()}}
+    return masked
+
+
 def is_secret_name(name: str) -> bool:
     """Whether a parameter name says its value is a secret (``dbPassword``, ``api_key``, ``senha``)."""
     words = [w.lower() for w in _WORD.findall(name)]
@@ -146,6 +160,18 @@ class Task:
     idempotency_fingerprint: str | None = None
     queue_key: str | None = None
     secret_fields: list[list[str]] = field(default_factory=list)
+    # Orchestration (api/orchestration): pipeline parent/child links, retries, schedules, dead letters.
+    parent_id: str | None = None  # a pipeline node's child task: the pipeline task it belongs to
+    node: str | None = None  # that child's node name in the pipeline
+    pipeline: dict[str, Any] | None = None  # a pipeline task: {name, version, run_parameters, nodes, summary}
+    retry: dict[str, Any] | None = None  # the retry policy this task runs under (retries.RetryPolicy)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # earlier attempts: {attempt, error, ended_at, ...}
+    retry_due: str | None = None  # a queued retry waits until then, holding no slot
+    retry_of: str | None = None  # this task re-runs that (failed) task
+    retried_as: dict[str, Any] | None = None  # this failed task was re-run as {task_id, by, at}
+    schedule: dict[str, Any] | None = None  # fired by {schedule_id, occurrence}
+    concurrency: dict[str, Any] | None = None  # {key, limit, mode}: runs only while the key is below its limit
+    dead_letter: dict[str, Any] | None = None  # {listed_at, dismissed_by, dismissed_at} once listed
     history: list[dict[str, Any]] = field(default_factory=list)
     rev: int = 0
     event_id: int = 0  # the id of the task's latest event in the store's change feed (GET /events)
@@ -202,7 +228,9 @@ class Task:
                  "log_tail": list, "artifacts": list, "progress": (int, float), "rev": int, "attempt": int,
                  "log_lines": int, "stop_requested": bool, "message": str, "error": dict,
                  "requested_by": dict, "stopped_by": dict, "duration_seconds": (int, float),
-                 "idempotency_key": str, "idempotency_fingerprint": str, "log_file": str, "event_id": int}
+                 "idempotency_key": str, "idempotency_fingerprint": str, "log_file": str, "event_id": int,
+                 "node": str, "pipeline": dict, "retry": dict, "attempts": list, "retried_as": dict,
+                 "schedule": dict, "dead_letter": dict, "concurrency": dict}
         for name, kind in kinds.items():
             value = data.get(name)
             if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
@@ -212,6 +240,22 @@ class Task:
         if not all(isinstance(entry, dict) and isinstance(entry.get("status"), str) and isinstance(entry.get("at"), str)
                    for entry in data.get("history") or []):
             raise ValueError("field 'history' must be a list of {status, at, reason} objects")
+        if not all(isinstance(entry, dict) for entry in data.get("attempts") or []):
+            raise ValueError("field 'attempts' must be a list of objects")
+        for name in ("parent_id", "retry_of"):
+            value = data.get(name)
+            if value is not None and not (isinstance(value, str) and is_task_id(value)):
+                raise ValueError(f"field {name!r} is not a task id")
+        due = data.get("retry_due")
+        if due is not None:
+            try:
+                parse_iso(due)
+            except (TypeError, ValueError):
+                raise ValueError("field 'retry_due' is not an ISO-8601 time") from None
+        nodes = (data.get("pipeline") or {}).get("nodes", {})
+        if not isinstance(nodes, dict) or not all(isinstance(n, dict) and isinstance(n.get("state"), str)
+                                                  for n in nodes.values()):
+            raise ValueError("field 'pipeline.nodes' must map node names to {state, ...}")
         task = cls.from_dict(data)
         task.queue_key = None
         return task
@@ -244,6 +288,7 @@ class Task:
         data["params"] = mask_secrets(self.params, self.secret_fields)
         data["custom_params"] = mask_secrets(self.custom_params)
         data["previous_outputs"] = mask_secrets(self.previous_outputs)
+        data["pipeline"] = mask_pipeline(self.pipeline)
         return data
 
     def status_view(self) -> dict[str, Any]:
@@ -273,6 +318,14 @@ class Task:
             "stopped_by": self.stopped_by,
             "history": self.history,
         }
+        for name in ("parent_id", "node", "pipeline", "retry_of", "retried_as", "schedule", "retry_due", "concurrency"):
+            value = getattr(self, name)
+            if value is not None:
+                view[name] = value
+        if self.pipeline is not None:
+            view["pipeline"] = {k: v for k, v in mask_pipeline(self.pipeline).items() if k != "definition"}
+        if self.attempts:
+            view["attempts"] = self.attempts
         if self.status is TaskStatus.COMPLETED:
             view["output"] = self.result
         return view
@@ -289,6 +342,9 @@ class Task:
             "completed_at": self.completed_at,
             "duration_seconds": self.duration_seconds,
             "error_type": self.error.get("type") if self.error else None,
+            "attempt": self.attempt,
+            "parent_id": self.parent_id,
+            "node": self.node,
         }
 
 

@@ -26,3 +26,11 @@ class DiagnosticFailure(EtlError):
 
 class DataError(EtlError):
     """The data does not have what the step expects."""
+
+
+class TransientError(EtlError):
+    """A failure worth retrying later (a service down or slow); never a parameter or data error."""
+
+
+class PortalUnavailable(TransientError):
+    """The portal did not answer or answered that it is unavailable."""

@@ -108,3 +108,15 @@ def test_log_level_applies_to_the_steps_loggers(make_server):
     assert any("sleeping" in line for line in lines), lines
     srv.stop()
     assert "sleeping" not in srv.log_text() and " INFO " not in srv.log_text().replace("ACCESS", "")
+
+
+def test_a_bad_step_policies_file_stops_the_start_naming_the_step_and_field(tmp_path):
+    import pytest
+
+    from api.settings import Settings
+    from api.startup import StartupError, prepare_storage
+
+    policies = tmp_path / "policies.json"
+    policies.write_text('{"maps_download": {"retry": {"max_attempts": 0}}}', encoding="utf-8")
+    with pytest.raises(StartupError, match=r"step maps_download: retry\.max_attempts"):
+        prepare_storage(Settings(storage_dir=tmp_path / "st", step_policies_file=policies))

@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import Operator, ServicesDep, Viewer, client_of
-from api.errors import BadRequest, InvalidParameters, NotFound, WrongState, describe_field_errors, field_errors
+from api.errors import (
+    BadRequest,
+    InvalidParameters,
+    NotFound,
+    WrongState,
+    describe_field_errors,
+    field_errors,
+)
 from api.json_body import StrictJsonRoute
 from api.schemas import GUARDED, StopAnswer, TaskAccepted, TaskList, answer, errors
 from api.store import StoreBusy
@@ -124,8 +131,11 @@ async def task_status(
 ) -> JSONResponse:
     """The task's state; with `wait`, answers as soon as its state or progress changes."""
     task = await services.store.wait_change(task_id, wait) if wait else services.store.get(task_id)
+    view = task.status_view()
+    if task.status is TaskStatus.QUEUED:
+        view["waiting"] = services.store.why_waiting(task)  # why it waits, for what, and until about when
     # A JSONResponse skips FastAPI's response validation and encoding: this is the hottest endpoint.
-    return JSONResponse(task.status_view())
+    return JSONResponse(view)
 
 
 @router.get(OUTPUT_PATH, name="task_output", summary="A task's result or error",

@@ -20,8 +20,14 @@ __all__ = ["StoreBusy", "TaskStore", "make_store"]
 
 
 def make_store(settings: Settings) -> TaskStore:
-    """The store the settings describe (not opened yet: open it in the process that uses it)."""
-    return TaskStore(
+    """The store the settings describe (not opened yet: open it in the process that uses it).
+
+    Every store a process makes applies the tasks' retry policies, whichever process fails a task
+    (its runner, another worker finding it lost, Gunicorn's arbiter on a child's exit).
+    """
+    from api.orchestration.retries import decide
+
+    store = TaskStore(
         settings.storage_dir,
         settings.work_dir,
         settings.output_dir,
@@ -31,3 +37,5 @@ def make_store(settings: Settings) -> TaskStore:
         worker_lost_after_seconds=settings.worker_lost_after_seconds,
         cache_timeout_seconds=settings.cache_timeout_seconds,
     )
+    store.retry_decider = decide
+    return store

@@ -12,7 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from api.store.cachedb import RANGE_END, delete_many, get_many
-from api.store.keys import K_CLEANUP, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_LEASE, K_STATUS, K_STOP, K_TASK, K_WORKER
+from api.store.keys import (
+    K_CLEANUP,
+    K_DEAD,
+    K_DIRTY,
+    K_EXPIRES,
+    K_FIRED,
+    K_IDEMPOTENCY,
+    K_LEASE,
+    K_STATUS,
+    K_STOP,
+    K_TASK,
+    K_WORKER,
+)
 from api.task import TaskStatus, is_task_id
 
 if TYPE_CHECKING:
@@ -71,9 +83,13 @@ class Cleanup:
     @staticmethod
     def _task_keys(record: dict[str, Any]) -> list[str]:
         task_id = record["task_id"]
-        keys = [K_TASK + task_id, f"{K_STATUS}{record['status']}:{task_id}", K_STOP + task_id, K_DIRTY + task_id]
+        keys = [K_TASK + task_id, f"{K_STATUS}{record['status']}:{task_id}", K_STOP + task_id, K_DIRTY + task_id,
+                K_DEAD + task_id]
         if record.get("idempotency_key"):
             keys.append(K_IDEMPOTENCY + record["idempotency_key"])
+        origin = record.get("schedule")
+        if isinstance(origin, dict) and origin.get("schedule_id") and origin.get("occurrence"):
+            keys.append(f"{K_FIRED}{origin['schedule_id']}:{origin['occurrence']}")
         return keys
 
     def _remove_files(self: TaskStore, records: list[dict[str, Any]]) -> int:

@@ -43,10 +43,19 @@ class Counters:
     def submitted(self, step: str) -> None:
         self.data["submitted"][step] = self.data["submitted"].get(step, 0) + 1
 
-    def started(self, worker: str, waited_seconds: float) -> None:
-        """A task started on ``worker`` after waiting ``waited_seconds`` since it was accepted."""
+    def started(self, worker: str, waited_seconds: float, step: str | None = None, key: str | None = None) -> None:
+        """A task started on ``worker`` after waiting ``waited_seconds`` since it was accepted (or,
+        for a retry, since its attempt joined the queue)."""
         self.data["started_by"][worker] = self.data["started_by"].get(worker, 0) + 1
         _observe(self.data.setdefault("queue_wait", _histogram()), waited_seconds)
+        if step is not None:
+            _observe(self.data.setdefault("queue_wait_by_step", {}).setdefault(step, _histogram()), waited_seconds)
+        if key is not None:
+            _observe(self.data.setdefault("queue_wait_by_key", {}).setdefault(key, _histogram()), waited_seconds)
+
+    def queue_wait_quantile_of(self, kind: str, name: str, q: float) -> float | None:
+        """Queue wait quantile of one step (kind "step") or concurrency key (kind "key")."""
+        return _quantile(self.data.get(f"queue_wait_by_{kind}", {}).get(name), q)
 
     def ended(self, step: str, status: str, duration_seconds: float | None) -> None:
         ended = self.data["ended"].setdefault(step, {})

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,16 @@ class StoragePaths:
 
     def log_file(self, task_id: str) -> Path:
         return self.logs_dir / f"{self._checked(task_id)}.log"
+
+    @property
+    def schedules_dir(self) -> Path:
+        return self.root / "schedules"
+
+    def schedule_file(self, schedule_id: str) -> Path:
+        """The durable copy of a schedule (ids are checked by the schedule model: letters, digits, _ and -)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", schedule_id):
+            raise ValueError(f"not a schedule id: {schedule_id!r}")
+        return self.schedules_dir / f"{schedule_id}.json"
 
     def work_dir(self, task_id: str) -> Path:
         return self.work_root / "tasks" / self._checked(task_id)

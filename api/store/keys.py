@@ -16,3 +16,11 @@ QUEUE_PREFIX = "queue"  # diskcache push/pull keys "queue-<n>" -> task id, FIFO
 K_STEP = "step:"  # step:<step name>:<id> -> "": every task of a step, newest last (GET /tasks?step=)
 K_EVENTS = "events:"  # events:<id % ring size, 6 digits> -> {"id", ...}: the change feed's ring (events.py)
 K_SESSION_SECRET = K_META + "session_secret"  # the key that signs dashboard session cookies (api/sessions.py)
+# Orchestration (api/store/orchestration.py)
+K_DUE = "due:"  # due:<epoch ms, 15 digits>:<id> -> "": a queued retry that joins the queue at that time
+K_DEAD = "dead:"  # dead:<id> -> {"at", "step", "error_type"}: a task that failed after its last attempt
+K_SCHEDULE = "schedule:"  # schedule:<schedule id> -> the schedule record (api/orchestration/schedules.py)
+K_FIRED = "fired:"  # fired:<schedule id>:<occurrence ISO> -> task id: an occurrence fired once, whoever fired it
+K_KEY_HELD = "keyheld:"  # keyheld:<concurrency key>|<id> -> "": a running task holds one unit of that key
+K_KEY_WAIT = "keywait:"  # keywait:<concurrency key>|<id> -> "": a queued task waits for that key
+K_KEY_LIMIT = "keylimit:"  # keylimit:<concurrency key> -> int: the limit set at run time (PUT /keys/{key})

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 from api.errors import StorageUnavailable
 from api.store.keys import K_LEASE, K_STATUS, K_WORKER
 from api.task import TaskStatus
-from api.workers import HOSTNAME, HUNG_AFTER_FACTOR, WorkerInfo, process_alive, process_created
+from api.workers import (
+    HOSTNAME,
+    HUNG_AFTER_FACTOR,
+    WorkerInfo,
+    process_alive,
+    process_created,
+)
 
 if TYPE_CHECKING:
     from api.store.local import TaskStore
@@ -74,6 +80,8 @@ class Liveness:
         lost = []
         for key, index in self._range(f"{K_STATUS}running:"):
             task_id = key.rsplit(":", 1)[1]
+            if index.get("pipeline"):
+                continue
             owner = index.get("owner") or ""
             if only_pid is not None:
                 parts = owner.split(":")

@@ -21,7 +21,13 @@ from typing import Any
 
 import diskcache
 
-from api.errors import Conflict, QueueFull, RateLimited, StorageUnavailable, TaskNotFound
+from api.errors import (
+    Conflict,
+    QueueFull,
+    RateLimited,
+    StorageUnavailable,
+    TaskNotFound,
+)
 from api.store.admission import Admission, admit
 from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache, put, remove
 from api.store.cleanup import Cleanup
@@ -29,14 +35,27 @@ from api.store.counters import Counters
 from api.store.events import EventLog
 from api.store.files import FileWriter, StoragePaths
 from api.store.keys import (
-    K_COUNTERS, K_DIRTY, K_EXPIRES, K_IDEMPOTENCY, K_RATE, K_STATUS, K_STEP, K_STOP, K_TASK,
+    K_COUNTERS,
+    K_DIRTY,
+    K_EXPIRES,
+    K_IDEMPOTENCY,
+    K_KEY_HELD,
+    K_KEY_WAIT,
+    K_RATE,
+    K_STATUS,
+    K_STEP,
+    K_STOP,
+    K_TASK,
     QUEUE_PREFIX,
 )
 from api.store.liveness import Liveness
 from api.store.logindex import LogIndex
 from api.store.mirror import TaskFiles
+from api.store.orchestration import Orchestration
 from api.store.reading import Reading
 from api.store.signing import SigningKey
+from api.store.resources import Resources
+from api.store.schedules import ScheduleRecords
 from api.store.watch import TaskWatch
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import WorkerInfo
@@ -48,6 +67,7 @@ logger = logging.getLogger(__name__)
 # were a quarter of its cost.
 FILE_SETTLE_SECONDS = 0.05
 QUEUE_FULL_RETRY_SECONDS = 5
+CLAIM_SCAN_PAGE = 100
 
 
 class StoreBusy(Exception):
@@ -58,7 +78,8 @@ def _disk_full(exc: BaseException) -> bool:
     return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc)
 
 
-class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
+class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey, Orchestration, Resources,
+                ScheduleRecords):
     """All task state shared between worker processes."""
 
     def __init__(
@@ -88,6 +109,8 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
         self._files_done: dict[str, int] = {}  # task id -> revision this process's writer put on disk
         self.watch = TaskWatch()
         self._logs = LogIndex()
+        # (task, error) -> seconds until the next attempt, or None: the retry policy (api/orchestration/retries.py)
+        self.retry_decider: Callable[[Task, dict[str, Any]], float | None] | None = None
 
     # --- opening -------------------------------------------------------------------------
 
@@ -254,13 +277,19 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
             remove(cache, f"{K_STATUS}{previous.value}:{task.task_id}")
         else:
             put(cache, f"{K_STEP}{task.step_name}:{task.task_id}", "")
-        put(cache, f"{K_STATUS}{task.status.value}:{task.task_id}", {"step": task.step_name, "owner": owner})
+        index = {"step": task.step_name, "owner": owner}
+        if task.pipeline is not None:
+            index["pipeline"] = True  # a pipeline task runs no thread: it holds no slot and has no owner to lose
+        put(cache, f"{K_STATUS}{task.status.value}:{task.task_id}", index)
         counters.moved(task.step_name, previous.value if previous else None, task.status.value)
         if previous is None:
             counters.submitted(task.step_name)
         if task.status is TaskStatus.RUNNING and task.worker and task.started_at:
-            waited = max(0.0, parse_iso(task.started_at) - parse_iso(task.created_at))
-            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited)
+            # From the latest time it (re)joined the queue: a retry's wait excludes its earlier attempts.
+            queued_at = next((h["at"] for h in reversed(task.history) if h["status"] == "queued"), task.created_at)
+            waited = max(0.0, parse_iso(task.started_at) - parse_iso(queued_at))
+            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited, task.step_name,
+                             self._key_of(task))
         if task.status.terminal:
             put(cache, self._expiry_key(task), "")
             counters.ended(task.step_name, task.status.value, task.duration_seconds)
@@ -330,26 +359,35 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
                     return earlier, True
             if rate is not None:
                 self._take_token(*rate)
-            queued = self.queued_count()
-            task.history.append({"status": TaskStatus.QUEUED.value, "at": now_iso(), "reason": "accepted"})
-            decision = admit(ahead=queued, running=self.live_running(alive), max_running=self.max_running,
-                             max_queued=self.max_queued)
-            if decision is Admission.RUN:
-                self._start(task, worker, "started at once: a slot was free")
-            elif decision is Admission.QUEUE:
-                task.queue_key = cache.push(task.task_id, prefix=QUEUE_PREFIX)
-                task.message = "waiting for a free slot"
-            else:
-                raise QueueFull(f"The queue is full ({queued} tasks waiting, limit {self.max_queued}); retry later.",
-                                retry_after_seconds=QUEUE_FULL_RETRY_SECONDS)
             if idempotency:
                 task.idempotency_key, task.idempotency_fingerprint = idempotency
-                self._remember_idempotency(task)
-            self._write(task, None)
+            self._admit_new(task, worker, alive)
         # The commit went to the database file only if that file is still the one we opened.
         self.check_database()
         self._sync_file(task)
         return task, False
+
+    def _admit_new(self, task: Task, worker: WorkerInfo, alive: set[str], accepted: bool = False,
+                   starts_here: bool = True) -> None:
+        """Start, queue or refuse a new task and store it (inside a transaction)."""
+        self._check_singleton(task, alive)
+        queued = self.queued_count()
+        task.history.append({"status": TaskStatus.QUEUED.value, "at": now_iso(), "reason": "accepted"})
+        key_free = self._key_free(task, alive)
+        decision = admit(ahead=queued, running=self.live_running(alive), max_running=self.max_running,
+                         max_queued=self.max_queued, accepted=accepted, key_free=key_free, starts_here=starts_here)
+        if decision is Admission.RUN:
+            self._start(task, worker, "started at once: a slot was free")
+        elif decision is Admission.QUEUE:
+            task.queue_key = self.cache.push(task.task_id, prefix=QUEUE_PREFIX)
+            self._mark_key(K_KEY_WAIT, task, True)
+            task.message = "waiting for a free slot" if key_free else f"waiting for key {self._key_of(task)}"
+        else:
+            raise QueueFull(f"The queue is full ({queued} tasks waiting, limit {self.max_queued}); retry later.",
+                            retry_after_seconds=QUEUE_FULL_RETRY_SECONDS)
+        if task.idempotency_key:
+            self._remember_idempotency(task)
+        self._write(task, None)
 
     def _remember_idempotency(self, task: Task) -> None:
         put(self.cache, K_IDEMPOTENCY + task.idempotency_key,
@@ -368,6 +406,8 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
         put(self.cache, key, {"tokens": tokens - 1.0, "at": now})
 
     def _start(self, task: Task, worker: WorkerInfo, reason: str) -> None:
+        self._mark_key(K_KEY_WAIT, task, False)
+        self._mark_key(K_KEY_HELD, task, True)
         task.worker = worker.as_dict()
         task.message = "running"
         task.transition(TaskStatus.RUNNING, f"{reason} (worker {worker.host}:{worker.pid})", self.ttl_seconds)
@@ -383,18 +423,32 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
             if admit(ahead=0, running=running, max_running=self.max_running,
                      max_queued=self.max_queued) is not Admission.RUN:
                 return None
-            while True:
-                key, task_id = self.cache.pull(prefix=QUEUE_PREFIX)
-                if key is None:
-                    return None
-                task = self._load(task_id)
-                if task is not None and task.status is TaskStatus.QUEUED:
-                    break
+            task = self._first_runnable(alive)
+            if task is None:
+                return None
             task.queue_key = None
             self._start(task, worker, "a slot became free")
             self._write(task, TaskStatus.QUEUED)
         self._sync_file(task)
         return task
+
+    def _first_runnable(self, alive: set[str]) -> Task | None:
+        """The oldest queued task whose concurrency key is free, taken off the queue (inside a
+        transaction). Tasks waiting for a busy key keep their place; the ones behind them may start."""
+        after = None
+        while True:
+            rows = self._queue_head(after, CLAIM_SCAN_PAGE)
+            for key, task_id in rows:
+                task = self._load(task_id)
+                if task is None or task.status is not TaskStatus.QUEUED:
+                    self.cache.delete(key)  # a stale entry (stopped or removed meanwhile)
+                    continue
+                if self._key_free(task, alive):
+                    self.cache.delete(key)
+                    return task
+            if len(rows) < CLAIM_SCAN_PAGE:
+                return None
+            after = rows[-1][0][len(QUEUE_PREFIX) + 1:]
 
     # --- ending, stopping, progress --------------------------------------------------------
 
@@ -412,9 +466,13 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
                 return False
             if extra:
                 extra(task)
+            self._mark_key(K_KEY_WAIT, task, False)
+            if status is TaskStatus.FAILED and self._retry_or_list(task, reason, error):
+                return True
             task.result = result
             task.error = error
             task.message = reason
+            self._mark_key(K_KEY_HELD, task, False)
             task.transition(status, reason, self.ttl_seconds)
             return True
 
@@ -432,6 +490,7 @@ class TaskStore(TaskFiles, Cleanup, Liveness, Reading, EventLog, SigningKey):
             if task.status is TaskStatus.QUEUED:
                 if task.queue_key:
                     self.cache.delete(task.queue_key)
+                self._mark_key(K_KEY_WAIT, task, False)
                 task.stopped_by = by
                 task.stop_requested = True
                 task.message = "stopped before it started"

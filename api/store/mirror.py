@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from api.errors import StorageUnavailable
 from api.store.files import FileWriter, write_json_atomic
-from api.store.keys import K_DIRTY, K_META, K_TASK, QUEUE_PREFIX
+from api.store.keys import K_DIRTY, K_FIRED, K_KEY_WAIT, K_META, K_TASK, QUEUE_PREFIX
 from api.task import Task, TaskStatus, is_task_id, now_iso
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class TaskFiles:
                 continue
             loaded.append(task)
         self.import_tasks(loaded, renew=renew)
+        self.import_schedules()
         with self._transaction():
             self.cache.set(K_META + "bad_files", bad[:BAD_FILES_REPORTED] + (
                 [{"file": f"... and {len(bad) - BAD_FILES_REPORTED} more", "reason": "see the server log"}]
@@ -152,12 +153,19 @@ class TaskFiles:
             for task in tasks:
                 if self._load(task.task_id) is not None:
                     continue
-                if task.status is TaskStatus.QUEUED:
+                if task.status is TaskStatus.QUEUED and task.retry_due:
+                    self._await_retry(task)  # a retry waiting for its time keeps waiting
+                elif task.status is TaskStatus.QUEUED:
                     task.queue_key = self.cache.push(task.task_id, prefix=QUEUE_PREFIX)
+                    self._mark_key(K_KEY_WAIT, task, True)
                 task.rev -= 1  # _write adds one back
                 self._write(task, None, counters, file_current=True)
                 if task.idempotency_key and task.idempotency_fingerprint:
                     self._remember_idempotency(task)
+                origin = task.schedule or {}
+                if origin.get("schedule_id") and origin.get("occurrence"):
+                    # A fired occurrence stays fired: its task file says so.
+                    self.cache.set(f"{K_FIRED}{origin['schedule_id']}:{origin['occurrence']}", task.task_id)
             self._save_counters(counters)
 
     def ensure_index(self: TaskStore, owner: str, wait_seconds: float = 300.0) -> None:

@@ -28,13 +28,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from etl import runtime, secrets, settings
 from etl.browser import Browser, BrowserError, file_download, open_browser, wait_for_download
-from etl.errors import EtlError, StepStopped
+from etl.errors import EtlError, PortalUnavailable, StepStopped
 
 logger = logging.getLogger(__name__)
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 TOKEN = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
 LOOP_VALUES = Literal["day", "fund", "query", "format"]
+# Chromium's network errors that mean the portal is down or unreachable now (worth a retry later).
+UNREACHABLE = ("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "ERR_CONNECTION_TIMED_OUT", "ERR_TIMED_OUT",
+               "ERR_NAME_NOT_RESOLVED", "ERR_ADDRESS_UNREACHABLE", "ERR_INTERNET_DISCONNECTED",
+               "ERR_CONNECTION_CLOSED", "ERR_EMPTY_RESPONSE")
 
 
 class Action(BaseModel):
@@ -174,7 +178,7 @@ class Session:
         return path or "the page"
 
     def run(self, actions: list[Action], values: dict[str, Any], report: str) -> None:
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import TimeoutException, WebDriverException
         from selenium.webdriver.support.ui import Select
 
         driver = self.browser.driver
@@ -190,8 +194,15 @@ class Session:
                 try:
                     driver.get(url)
                 except TimeoutException:
-                    raise BrowserError(f"{urllib.parse.urlsplit(url).path} did not load within "
-                                       f"{self.browser.config['page_load_timeout']:g} s") from None
+                    # Transient: a retry policy may try again later (a wrong password or a missing
+                    # element is not: those stay BrowserError).
+                    raise PortalUnavailable(f"{urllib.parse.urlsplit(url).path} did not load within "
+                                            f"{self.browser.config['page_load_timeout']:g} s") from None
+                except WebDriverException as exc:
+                    reason = next((r for r in UNREACHABLE if r in (exc.msg or "")), None)
+                    if reason is None:
+                        raise
+                    raise PortalUnavailable(f"{urllib.parse.urlsplit(url).netloc} is unreachable ({reason})") from None
             elif verb == "fill":
                 element = self._wait(action.fill, action)
                 element.clear()

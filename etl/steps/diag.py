@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from etl import runtime
-from etl.errors import DiagnosticFailure
+from etl.errors import DiagnosticFailure, PortalUnavailable
 from etl.process import run_command
 from etl.registry import step
 from etl.secrets import SecretText
@@ -90,3 +90,36 @@ def diag_fail(params: FailParams) -> None:
     message = f"{params.message} ({params.credential!r})" if params.credential else params.message
     logger.info("failing on purpose: %s", message)
     raise DiagnosticFailure(message)
+
+
+class FlakyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Names the attempt counter (shared by all workers).")
+    failures: int = Field(1, ge=0, le=100, description="Fail this many calls with this key, then succeed.")
+    error: Literal["ConnectionError", "TimeoutError", "PortalUnavailable", "ValueError"] = Field(
+        "ConnectionError", description="What the failing calls raise (ValueError: a data error, never retried).")
+    seconds: float = Field(0.0, ge=0, le=3600, description="Sleep this long first (honours stop).")
+    lock: str | None = Field(None, max_length=64, description="Free text a step policy may use as a concurrency key.")
+
+
+_FLAKY_ERRORS = {"ConnectionError": ConnectionError, "TimeoutError": TimeoutError,
+                 "PortalUnavailable": PortalUnavailable, "ValueError": ValueError}
+
+
+@step("diag_flaky", FlakyParams, "Fail a few times, then succeed", diagnostic=True)
+def diag_flaky(params: FlakyParams) -> dict[str, Any]:
+    """Fail the first `failures` calls with `key` (raising `error`), then return the call count."""
+    folder = runtime.work_root() / "diag_flaky"
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = folder / f"{params.key}.count"
+    with open(counter, "ab") as marks:  # one byte per call: appends from several processes never collide
+        marks.write(b".")
+    calls = counter.stat().st_size
+    deadline = time.monotonic() + params.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        runtime.sleep(min(0.1, left))
+    if calls <= params.failures:
+        logger.info("call %d of key %s fails with %s", calls, params.key, params.error)
+        raise _FLAKY_ERRORS[params.error](f"diagnostic {params.error} on call {calls}")
+    return {"calls": calls}

@@ -2,13 +2,15 @@
 
     .venv/bin/python -m tests.benchmarks.run [--only NAME ...] [--worker-class uvicorn|asgi] [--pairs 5]
 
-Names: peer, roundtrip, client, burst, throughput, size, cleanup, stop, loss, footprint, memory, etl, events, ui.
+Names: peer, roundtrip, client, burst, throughput, size, cleanup, stop, loss, footprint, memory, etl, events, ui, orchestration.
 `peer` runs a real redis-server and a Celery worker beside the service and measures round trip,
 burst and status rate on both in alternating pairs (tests/benchmarks/compare.py; `--pairs 2` for a
 quick look); `footprint` is the idle server's sum of PSS, `memory` a worker's memory over many
 large tasks (tests/benchmarks/footprint.py). `wrk` (Debian package) is used for the throughput
 figures when installed; without it those figures are skipped and say so. `events` and `ui` are
 the live-event and dashboard figures (tests/benchmarks/live_bench.py).
+`orchestration`: pipeline node overhead and schedule firing lateness
+(tests/benchmarks/orchestration_bench.py).
 """
 
 from __future__ import annotations
@@ -278,7 +280,8 @@ def main() -> int:
     args = parser.parse_args()
     wanted = set(args.only) if args.only else {"peer", "roundtrip", "client", "burst", "throughput", "size", "cleanup",
                                                "stop", "loss", "footprint", "memory", "etl",
-                                               "events", "ui"}
+                                               "events", "ui",
+                                               "orchestration"}
     started = time.time()
     servers: list[Server] = []
     # Every figure's storage folders go under one scratch folder, removed at the end (the size and
@@ -321,6 +324,11 @@ def main() -> int:
             from tests.benchmarks import live_bench
 
             for row in live_bench.run(make, wanted):
+                report(**row)
+        if "orchestration" in wanted:
+            from tests.benchmarks import orchestration_bench
+
+            for row in orchestration_bench.run(make):
                 report(**row)
     finally:
         for srv in servers:
