@@ -310,7 +310,7 @@ class Task:
             "stop_requested": self.stop_requested,
             "worker": self.worker and {"host": self.worker["host"], "pid": self.worker["pid"]},
             "attempt": self.attempt,
-            "error": self.error and {k: v for k, v in self.error.items() if k != "traceback"},
+            "error": self.error and {k: v for k, v in self.error.items() if k not in ("traceback", "kinds")},
             "log_tail": self.log_tail,
             "log_lines": self.log_lines,
             "artifacts": self.artifacts,

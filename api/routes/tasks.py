@@ -13,14 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import Operator, ServicesDep, Viewer, client_of
-from api.errors import (
-    BadRequest,
-    InvalidParameters,
-    NotFound,
-    WrongState,
-    describe_field_errors,
-    field_errors,
-)
+from api.errors import BadRequest, InvalidParameters, NotFound, WrongState, describe_field_errors, field_errors
 from api.json_body import StrictJsonRoute
 from api.schemas import GUARDED, StopAnswer, TaskAccepted, TaskList, answer, errors
 from api.store import StoreBusy
