@@ -1,4 +1,4 @@
-"""``python -m api prepare|serve`` starts the service; every other command is the client CLI (api.cli).
+"""``python -m api prepare|serve|worker`` starts the service (``worker``: a Celery worker host); every other command is the client CLI (api.cli).
 
 ``serve`` is how Windows runs the service (Gunicorn does not run there); on Linux and macOS
 start_server.sh runs Gunicorn with gunicorn.conf.py instead. The client commands import only
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-SERVER_COMMANDS = ("prepare", "serve")
+SERVER_COMMANDS = ("prepare", "serve", "worker")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,7 +253,8 @@ exit codes: 0 completed (or done), 1 task failed, 2 usage or invalid parameters,
 4 timed out (the task keeps running; its id is printed), 5 server unreachable or unavailable,
 6 API key missing or without the role, 7 no such task or step, 8 wrong state or conflict,
 9 queue full or rate limited past the timeout, 10 server unhealthy, 11 server error, 130 interrupted.
-The service itself starts with `python -m api serve` (or `prepare` to ready the storage only)."""
+The service itself starts with `python -m api serve` (or `prepare` to ready the storage only;
+`worker` starts a Celery worker host in scale-out mode)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

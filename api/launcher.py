@@ -13,11 +13,16 @@ from api.startup import StartupError, prepare_storage
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["prepare", "serve"])
+    parser.add_argument("command", choices=["prepare", "serve", "worker"])
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker: pool processes on this host (default ETL_WORKER_CONCURRENCY)")
+    parser.add_argument("--name", default=None, help="worker: this worker host's name (default the host name)")
     args = parser.parse_args(argv)
     settings = settings_or_exit()
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     warn_unknown_variables()
+    if args.command == "worker":
+        return _worker(settings, args.concurrency or settings.worker_concurrency, args.name)
     try:
         prepare_storage(settings)
     except SettingsError as exc:
@@ -42,4 +47,18 @@ def main(argv: list[str] | None = None) -> int:
             http=UVICORN_HTTP,
             proxy_headers=False,
         )
+    return 0
+
+
+def _worker(settings, concurrency: int, name: str | None) -> int:
+    """A Celery worker host (scale-out mode; Linux only: it relies on fork and PR_SET_PDEATHSIG)."""
+    if settings.backend != "celery":
+        print("etl-task-api: `worker` needs ETL_BACKEND=celery and ETL_REDIS_URL", file=sys.stderr)
+        return 2
+    if not sys.platform.startswith("linux"):
+        print("etl-task-api: worker hosts run on Linux only", file=sys.stderr)
+        return 2
+    from api.celery_worker import configure, worker_argv
+
+    configure(settings).worker_main(worker_argv(settings, concurrency, name))
     return 0

@@ -40,7 +40,12 @@ def build_services(settings: Settings) -> Services:
     store = make_store(settings)
     store.open()
     registry.load_steps()
-    runner = Runner(store, settings)
+    if settings.backend == "celery":
+        from api.celery_runner import CeleryRunner
+
+        runner: Runner = CeleryRunner(store, settings)
+    else:
+        runner = Runner(store, settings)
     runner.policies.check()
     store.ensure_index(runner.worker.id)
     runner.start()

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     # A schedule occurrence found later than this (the service was down) follows its missed-run policy.
     schedule_missed_after_seconds: float = Field(60.0, gt=0)
 
+    # --- scale-out: steps on Celery worker hosts, shared state in Redis (README "Scale out") ---
+    backend: Literal["local", "celery"] = "local"
+    redis_url: str = ""
+    lease_seconds: float = Field(3.0, ge=0.5, le=300)
+    worker_concurrency: int = Field(4, ge=1, le=256)
+
     # --- HTTP trust boundary: who may call, from where, and what is recorded about them ---
     anonymous_role: Literal["viewer", "operator", "admin"] = "operator"
     allowed_hosts: str = ""
@@ -88,6 +94,18 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)") from None
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://host:port/db, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -111,6 +129,8 @@ class Settings(BaseSettings):
             object.__setattr__(self, "work_dir", self.storage_dir / "runs")
         if self.worker_lost_after_seconds < 2 * self.heartbeat_interval_seconds:
             raise ValueError("ETL_WORKER_LOST_AFTER_SECONDS must be at least twice ETL_HEARTBEAT_INTERVAL_SECONDS")
+        if self.backend == "celery" and not self.redis_url:
+            raise ValueError("ETL_BACKEND=celery needs ETL_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
         if not self.api_keys_configured and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to bind to {self.host} without API keys: set ETL_API_KEYS (or ETL_API_KEYS_FILE), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,17 @@ def _popen_isolation() -> dict:
     # Its own process group/session, so a stop can kill the tree without touching the server.
     if os.name == "nt":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    if sys.platform.startswith("linux") and os.environ.get("ETL_KILL_WITH_PARENT") == "1":
+        # On a Celery worker host the command also dies if its pool process is killed (kill -9).
+        return {"start_new_session": True, "preexec_fn": _die_with_parent}
     return {"start_new_session": True}
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_command(

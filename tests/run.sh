@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real: headless Chromium + its driver (portal downloads),
 # unixODBC + the SQLite ODBC driver (database loads).
-APT_PACKAGES=(chromium chromium-driver unixodbc libsqliteodbc)
+APT_PACKAGES=(chromium chromium-driver unixodbc libsqliteodbc redis-server)
 
 missing=()
 if [ ${#APT_PACKAGES[@]} -gt 0 ] && command -v dpkg-query >/dev/null 2>&1; then

@@ -6,10 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api import monitor
 from api.deps import Admin, ServicesDep, Viewer, client_of
+from api.errors import Conflict
 from api.json_body import StrictJsonRoute
 from api.scheduler import Schedule
 from api.schemas import GUARDED, HealthBody, answer, errors
@@ -79,3 +80,22 @@ def set_schedule(schedule: ScheduleChange, request: Request, services: ServicesD
     """Either {"interval_seconds": N} or the v1 daily form {"hour", "minute", "timezone"}."""
     services.audit.record("schedule", identity, client_of(request), schedule=schedule.model_dump(exclude_none=True))
     return services.scheduler.set_schedule(schedule)
+
+
+class CapacityChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_tasks: int = Field(ge=1, le=100_000, description="The new global running cap.")
+
+
+@router.post("/capacity", summary="Change the global running cap (scale-out mode)",
+             responses=errors(*GUARDED, 403, 409, 422, 503))
+def set_capacity(change: CapacityChange, request: Request, services: ServicesDep, identity: Admin) -> dict[str, Any]:
+    """Set the cap shared by every API and worker host; it holds from the next admission."""
+    setter = getattr(services.store, "set_max_running", None)
+    if setter is None:
+        raise Conflict("The cap changes at run time only in scale-out mode (ETL_BACKEND=celery); "
+                       "here set ETL_MAX_CONCURRENT_TASKS and restart.")
+    setter(change.max_concurrent_tasks)
+    services.audit.record("capacity", identity, client_of(request), max_concurrent_tasks=change.max_concurrent_tasks)
+    return {"max_concurrent_tasks": change.max_concurrent_tasks}

@@ -24,9 +24,19 @@ def make_store(settings: Settings) -> TaskStore:
 
     Every store a process makes applies the tasks' retry policies, whichever process fails a task
     (its runner, another worker finding it lost, Gunicorn's arbiter on a child's exit).
+    ``ETL_BACKEND=celery``: the Redis store (api/store/redis/), with the same verbs.
     """
     from api.orchestration.retries import decide
 
+    if settings.backend == "celery":
+        from api.store.redis import RedisStore
+
+        return RedisStore(  # type: ignore[return-value]
+            settings.redis_url, settings.storage_dir, settings.work_dir, settings.output_dir,
+            ttl_seconds=settings.task_ttl_seconds, max_running=settings.max_concurrent_tasks,
+            max_queued=settings.max_queued_tasks, worker_lost_after_seconds=settings.worker_lost_after_seconds,
+            lease_seconds=settings.lease_seconds,
+        )
     store = TaskStore(
         settings.storage_dir,
         settings.work_dir,

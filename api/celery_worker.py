@@ -1,0 +1,307 @@
+"""Where steps run in scale-out mode (ETL_BACKEND=celery): the Celery app and the task that executes
+one step on a worker host (``python -m api worker``, Linux only).
+
+Celery only carries the message (task id, fencing token); the state lives in Redis (api/store/redis).
+A redelivered or stale message is a no-op (its token no longer holds); a heartbeat thread renews
+the lease and reads the stop flag; the outcome is recorded only while the lease holds, and a
+worker that lost it aborts its step. A step that outlives its stop or its lease takes the pool
+process down with it (Celery starts a fresh one), with its subprocesses killed first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import psutil
+from celery import Celery, signals
+
+from api.errors import StorageUnavailable
+from api.settings import Settings, get_settings
+from api.task import Task, TaskStatus, mask_secrets
+from api.workers import HOSTNAME, WorkerInfo
+from etl import registry, runtime, secrets
+from etl.errors import StepStopped
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "etl"
+TASK_NAME = "etl.run_step"
+CONTROL_SECONDS = 0.2  # lease renewal and stop-flag read
+PROGRESS_FLUSH_SECONDS = 0.5
+MAX_LOG_LINES = 20000
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PR_SET_PDEATHSIG = 1
+
+app = Celery("etl")
+
+
+def configure(settings: Settings) -> Celery:
+    """The Celery settings that avoid its known traps (README "Scale out")."""
+    app.conf.update(
+        broker_url=settings.redis_url,
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        # Early ack: late-acked messages made workers exit on a connection loss, and visibility
+        # timeouts re-ran long tasks concurrently. A lost message is dispatched again by the
+        # API's reaper with a new token instead.
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_default_queue=QUEUE,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed worker leaves no orphan)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_descendants() -> None:
+    """Kill every process this pool process started (the step's subprocesses and browsers)."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=2)
+
+
+class WorkerHost:
+    """The state of one pool process: its store connection and heartbeat."""
+
+    def __init__(self, settings: Settings) -> None:
+        from api.store import make_store
+
+        self.settings = settings
+        self.store = make_store(settings)
+        self.store.open()
+        self.store.dispatch = publish
+        self.worker = WorkerInfo.this_process()
+        self.running = 0
+        handler = runtime.TaskLogHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(handler)
+        if logging.getLogger("etl").getEffectiveLevel() > logging.INFO:
+            logging.getLogger("etl").setLevel(logging.INFO)
+        threading.Thread(target=self._beat, name="etl-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.store.heartbeat(self.worker, role="worker", running=self.running)
+            except Exception as exc:
+                logger.warning("heartbeat failed: %s", exc)
+            time.sleep(self.settings.heartbeat_interval_seconds)
+
+
+_host: WorkerHost | None = None
+
+
+@signals.worker_process_init.connect
+def _init_pool_process(**_: Any) -> None:
+    global _host
+    die_with_parent()
+    # The step's subprocesses (etl.process) die with this process too.
+    os.environ["ETL_KILL_WITH_PARENT"] = "1"
+    registry.load_steps()
+    _host = WorkerHost(get_settings())
+
+
+def publish(task_id: str, token: str) -> None:
+    """Send the step to the worker hosts (after it won a slot under the global cap)."""
+    app.send_task(TASK_NAME, args=[task_id, token], queue=QUEUE)
+
+
+@app.task(name=TASK_NAME, ignore_result=True, acks_late=False)
+def run_step(task_id: str, token: str) -> None:
+    if _host is None:  # a solo/threads pool: no process init signal
+        _init_pool_process()
+    Execution(_host, task_id, str(token)).run()
+
+
+class Execution:
+    """One step on this pool process, from the claim to the recorded end."""
+
+    def __init__(self, host: WorkerHost, task_id: str, token: str) -> None:
+        self.host, self.store, self.settings = host, host.store, host.settings
+        self.task_id, self.token = task_id, token
+        self.worker = WorkerInfo(id=f"{HOSTNAME}:{os.getpid()}:t{token}", host=HOSTNAME, pid=os.getpid())
+        self.outcome: tuple[TaskStatus, str, Any, dict[str, Any] | None] | None = None
+        self.log_sent = 0
+
+    def run(self) -> None:
+        task = self._claim()
+        if task is None:
+            logger.info("task %s: token %s no longer holds (a redelivery or a stop); nothing to do",
+                        self.task_id, self.token)
+            return
+        log_file = self.store.paths.log_file(self.task_id)
+        context = runtime.TaskContext(
+            task_id=task.task_id, input_dir=self.settings.input_dir, output_dir=self.settings.output_dir,
+            work_root=self.settings.work_dir, work_dir=self.store.paths.work_dir(task.task_id),
+            previous_outputs=task.previous_outputs, custom_params=task.custom_params, log_file=log_file)
+        self.host.running += 1
+        thread = threading.Thread(target=self._execute, args=(task, context), name=f"task-{task.task_id}", daemon=True)
+        thread.start()
+        try:
+            self._watch(thread, context)
+        finally:
+            self.host.running -= 1
+            log_file.unlink(missing_ok=True)
+        self._promote_queue()
+
+    def _claim(self) -> Task | None:
+        for _ in range(50):
+            try:
+                return self.store.claim(self.task_id, self.token, self.worker)
+            except StorageUnavailable:
+                time.sleep(0.2)
+        return None
+
+    def _execute(self, task: Task, context: runtime.TaskContext) -> None:
+        status, reason, result, error = TaskStatus.FAILED, "", None, None
+        with runtime.bind(context):
+            logger.info("task %s: step %s started on worker %s", task.task_id, task.step_name, self.worker.id)
+            try:
+                step = registry.get_step(task.step_name, include_diagnostic=True)
+                params = step.params_model.model_validate(secrets.resolve(task.params))
+                result = step.run(params)
+                status, reason = TaskStatus.COMPLETED, "the step finished"
+            except StepStopped as exc:
+                if context.stop_reason == "timeout":
+                    reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s"
+                    error = {"type": "Timeout", "message": reason, "traceback": None}
+                else:
+                    status, reason = TaskStatus.STOPPED, f"stopped on request ({exc})"
+            except Exception as exc:
+                reason = f"the step raised {type(exc).__name__}"
+                error = {"type": type(exc).__name__, "message": secrets.mask_text(str(exc)),
+                         "traceback": secrets.mask_text(traceback.format_exc())}
+                logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, error["message"])
+            logger.info("task %s: %s", task.task_id, status.value)
+        context.close_log()
+        if result is not None:
+            result = secrets.mask_values(mask_secrets(result))
+        self.outcome = (status, reason, result, error)
+
+    def _ship_logs(self, context: runtime.TaskContext) -> None:
+        try:
+            with open(context.log_file, encoding="utf-8", errors="replace") as log:
+                lines = log.read().splitlines()
+        except (FileNotFoundError, TypeError):
+            return
+        fresh = lines[self.log_sent:]
+        if fresh:
+            self.store.append_log(self.task_id, fresh, MAX_LOG_LINES)
+            self.log_sent = len(lines)
+
+    def _watch(self, thread: threading.Thread, context: runtime.TaskContext) -> None:
+        started = time.monotonic()
+        stop_seen: float | None = None
+        last_flush = 0.0
+        last_renewed = time.monotonic()
+        while thread.is_alive():
+            thread.join(CONTROL_SECONDS)
+            now = time.monotonic()
+            try:
+                order = self.store.renew(self.task_id, self.worker.id)
+                last_renewed = now
+            except StorageUnavailable:
+                order = "ok"  # Redis is away: keep running; the reaper waits for Redis to be back
+            if order == "lost" or now - last_renewed > 10 * self.store.lease_seconds:
+                logger.warning("task %s: this worker no longer owns it; aborting the step", self.task_id)
+                self._abort(thread, context, "lost")
+                return
+            if order == "stop" and not context.stop_event.is_set():
+                logger.info("task %s: stop requested; telling the step", self.task_id)
+                context.request_stop("request")
+            if not context.stop_event.is_set() and now - started > self.settings.task_timeout_seconds:
+                context.request_stop("timeout")
+            if context.stop_event.is_set():
+                stop_seen = stop_seen or now
+                if now - stop_seen > self.settings.stop_grace_seconds:
+                    reason = f"the step did not stop within {self.settings.stop_grace_seconds:g} s; it was killed"
+                    self._record(TaskStatus.STOPPED if context.stop_reason != "timeout" else TaskStatus.FAILED,
+                                 reason, None, None if context.stop_reason != "timeout" else
+                                 {"type": "Timeout", "message": reason, "traceback": None}, context)
+                    self._abort(thread, context, context.stop_reason or "request")
+                    return
+            if context.changed.is_set() and now - last_flush >= PROGRESS_FLUSH_SECONDS:
+                context.changed.clear()
+                last_flush = now
+                self._ship_logs(context)
+                self.store.save_progress(self.task_id, context.progress, context.message, list(context.log_tail),
+                                         context.log_lines, list(context.artifacts), owner=self.worker.id)
+        if self.outcome is not None:
+            self._record(*self.outcome, context)
+
+    def _record(self, status: TaskStatus, reason: str, result: Any, error: dict[str, Any] | None,
+                context: runtime.TaskContext) -> None:
+        def extra(task: Task) -> None:
+            task.log_tail, task.log_lines = list(context.log_tail), context.log_lines
+            task.artifacts = list(context.artifacts)
+            if status is not TaskStatus.COMPLETED:
+                task.progress = context.progress
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self._ship_logs(context)
+                task = self.store.finish(self.task_id, status, reason, result=result, error=error, extra=extra,
+                                         owner=self.worker.id)
+                if task is not None and task.status is not status:
+                    logger.warning("task %s: its end was not recorded: it is %s (this worker lost it)",
+                                   self.task_id, task.status.value)
+                return
+            except StorageUnavailable as exc:
+                if time.monotonic() > deadline:
+                    logger.error("task %s: could not record its end: %s", self.task_id, exc.detail)
+                    return
+                time.sleep(0.5)
+
+    def _abort(self, thread: threading.Thread, context: runtime.TaskContext, reason: str) -> None:
+        """Stop the step now: kill its subprocesses; if its thread still runs, end this pool process."""
+        context.request_stop(reason)
+        kill_descendants()
+        thread.join(min(1.0, self.settings.stop_grace_seconds))
+        if thread.is_alive():
+            logger.warning("task %s: the step ignores the stop; ending pool process %s", self.task_id, os.getpid())
+            self._promote_queue()
+            os._exit(1)
+
+    def _promote_queue(self) -> None:
+        """A slot may have freed: dispatch the next queued task now (the API hosts do it too)."""
+        try:
+            while self.store.claim_next() is not None:
+                pass
+        except StorageUnavailable:
+            pass
+
+
+def worker_argv(settings: Settings, concurrency: int, name: str | None) -> list[str]:
+    return ["worker", "-P", "prefork", "-c", str(concurrency), "-O", "fair", "-Q", QUEUE,
+            "-n", f"etl-{name or HOSTNAME}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-l", settings.log_level]

@@ -1,0 +1,325 @@
+"""The Redis store's reading, liveness, leases, cleanup and JSON-file verbs (mixed into RedisStore)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+
+from api.errors import StorageUnavailable
+from api.store.cleanup import HISTORY_RUNS, Cleanup
+from api.store.counters import Counters
+from api.store.files import write_json_atomic
+from api.store.redis import records as R
+from api.task import Task, TaskStatus, is_task_id
+from api.workers import HOSTNAME, WorkerInfo
+
+if TYPE_CHECKING:
+    from api.store.redis.store import RedisStore
+
+logger = logging.getLogger(__name__)
+
+WAIT_FIRST_POLL_SECONDS = 0.002
+WAIT_MAX_POLL_SECONDS = 0.05
+
+
+def _json(raw: str | None) -> Any:
+    return orjson.loads(raw) if raw is not None else None
+
+
+class RedisExtras:
+    # --- listing and numbers -------------------------------------------------------------
+
+    def list_tasks(self: RedisStore, *, status: TaskStatus | None, step: str | None, limit: int,
+                   cursor: str | None) -> tuple[list[Task], str | None]:
+        """Newest first from the step's, the status's or the whole index; ``cursor`` is the last id seen."""
+        with self._guarded():
+            key = R.K_STEP + step if step is not None else (R.K_STATUS + status.value if status else R.K_ALL)
+            wanted = status if step is not None else None
+            high = f"({cursor}" if cursor else "+"
+            found: list[Task] = []
+            more = False
+            page = max(limit + 1, 200) if wanted else limit + 1
+            while True:
+                ids = self.r.zrevrangebylex(key, high, "-", start=0, num=page)
+                if not ids:
+                    break
+                pipe = self.r.pipeline(transaction=False)
+                for task_id in ids:
+                    pipe.hget(R.K_TASK + task_id, "json")
+                for raw in pipe.execute():
+                    if raw is None:
+                        continue
+                    task = R.decode(raw)
+                    if wanted is None or task.status is wanted:
+                        if len(found) == limit:
+                            more = True
+                            break
+                        found.append(task)
+                if more or len(ids) < page:
+                    break
+                high = f"({ids[-1]}"
+            return found, (found[-1].task_id if more and found else None)
+
+    def counters(self: RedisStore) -> Counters:
+        with self._guarded():
+            return R.counters_from(self.r.hgetall(R.K_COUNTERS))
+
+    def cache_size_bytes(self: RedisStore) -> int:
+        with self._guarded():
+            return int(self.r.info("memory").get("used_memory", 0))
+
+    def read_log(self: RedisStore, task_id: str, since: int, limit: int) -> list[str]:
+        """Log lines after line ``since`` (held in Redis, so no shared filesystem is needed)."""
+        with self._guarded():
+            return self.r.lrange(R.K_LOG + task_id, since, since + limit - 1)
+
+    async def wait_change(self: RedisStore, task_id: str, timeout: float) -> Task:
+        """The task once its state, progress or stop flag changes, or after ``timeout`` s (polls, backing off)."""
+        task = self.get(task_id)
+        if task.status.terminal or timeout <= 0:
+            return task
+        seen = (task.status, task.progress, task.stop_requested)
+        deadline = time.monotonic() + timeout
+        pause = WAIT_FIRST_POLL_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
+            task = self.get(task_id)
+            if (task.status, task.progress, task.stop_requested) != seen:
+                break
+        return task
+
+    @contextlib.contextmanager
+    def _guarded(self: RedisStore):
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StorageUnavailable(f"The task store (Redis) cannot be reached: {exc}.") from exc
+        except redis.RedisError as exc:
+            raise StorageUnavailable(f"The task store (Redis) refused the request: {exc}.") from exc
+
+    # --- workers -------------------------------------------------------------------------
+
+    def heartbeat(self: RedisStore, worker: WorkerInfo, **extra: Any) -> None:
+        with self._guarded():
+            beat = {**worker.as_dict(), **extra}
+            beat.pop("at", None)
+            self._run("HEARTBEAT", worker.id, R.dumps(beat))
+
+    def forget_worker(self: RedisStore, worker: WorkerInfo) -> None:
+        with self._guarded():
+            self.r.hdel(R.K_WORKERS, worker.id)
+
+    def workers(self: RedisStore) -> list[dict[str, Any]]:
+        with self._guarded():
+            return [orjson.loads(raw) for raw in self.r.hvals(R.K_WORKERS)]
+
+    def alive_recently(self: RedisStore) -> set[str]:
+        return self.alive_workers()
+
+    def alive_workers(self: RedisStore) -> set[str]:
+        """Processes (API and worker hosts) that heartbeat within the loss limit, by Redis time."""
+        with self._guarded():
+            seconds, micros = self.r.time()
+        now = seconds + micros / 1e6
+        return {beat["id"] for beat in self.workers() if now - beat.get("at", 0) < self.worker_lost_after_seconds}
+
+    def forget_dead_workers(self: RedisStore, older_than_seconds: float = 3600.0) -> None:
+        limit = time.time() - older_than_seconds
+        with self._guarded():
+            for beat in self.workers():
+                if beat.get("at", 0) < limit:
+                    self.r.hdel(R.K_WORKERS, beat["id"])
+
+    # --- leases --------------------------------------------------------------------------
+
+    def acquire_lease(self: RedisStore, name: str, owner: str, seconds: float) -> bool:
+        with self._guarded():
+            return bool(self._run("ACQUIRE_LEASE", name, owner, seconds))
+
+    def release_lease(self: RedisStore, name: str, owner: str) -> None:
+        with self._guarded():
+            self._run("RELEASE_LEASE", name, owner)
+
+    def lease(self: RedisStore, name: str) -> dict[str, Any] | None:
+        with self._guarded():
+            return _json(self.r.get(R.K_LEASE + name))
+
+    # --- cleanup -------------------------------------------------------------------------
+
+    def _cleanup_get(self: RedisStore, name: str) -> Any:
+        return _json(self.r.get(R.PREFIX + R.K_CLEANUP + name))
+
+    def cleanup_state(self: RedisStore) -> dict[str, Any]:
+        with self._guarded():
+            return {
+                "schedule": self._cleanup_get("schedule"),
+                "next": self._cleanup_get("next"),
+                "last": self._cleanup_get("last"),
+                "history": self._cleanup_get("history") or [],
+                "totals": self._cleanup_get("totals") or {"runs": 0, "removed": 0},
+            }
+
+    def set_cleanup_schedule(self: RedisStore, schedule: dict[str, Any], next_run: float) -> None:
+        with self._guarded():
+            self.r.mset({R.PREFIX + R.K_CLEANUP + "schedule": R.dumps(schedule),
+                         R.PREFIX + R.K_CLEANUP + "next": R.dumps(next_run)})
+
+    def set_cleanup_next(self: RedisStore, next_run: float, only_if_unset: bool = False) -> None:
+        with self._guarded():
+            self.r.set(R.PREFIX + R.K_CLEANUP + "next", R.dumps(next_run), nx=only_if_unset)
+
+    def record_cleanup_run(self: RedisStore, run: dict[str, Any], next_run: float, lease: str, owner: str) -> bool:
+        with self._guarded():
+            state = self.cleanup_state()
+            totals = state["totals"]
+            pairs = {"last": run, "history": (state["history"] + [run])[-HISTORY_RUNS:], "next": next_run,
+                     "totals": {"runs": totals["runs"] + 1, "removed": totals["removed"] + run["removed"]}}
+            args: list[Any] = [lease, owner]
+            for name, value in pairs.items():
+                args += [R.K_CLEANUP + name, R.dumps(value)]
+            return bool(self._run("RECORD_WITH_LEASE", *args))
+
+    def expire(self: RedisStore, now: float | None = None, batch: int = 1000, between_batches: Any = None) -> dict[str, Any]:
+        """Remove ended tasks past their expiry: every Redis key of theirs, and this host's files."""
+        from api.store.cleanup import LeaseLost
+
+        cutoff = time.time() if now is None else now
+        removed: list[str] = []
+        freed = 0
+        with self._guarded():
+            while True:
+                ids = self.r.zrangebyscore(R.K_EXPIRES, "-inf", cutoff, start=0, num=batch)
+                if not ids:
+                    break
+                raws = self.r.pipeline(transaction=False)
+                for task_id in ids:
+                    raws.hget(R.K_TASK + task_id, "json")
+                doomed = []
+                pipe = self.r.pipeline(transaction=True)
+                for task_id, raw in zip(ids, raws.execute()):
+                    pipe.zrem(R.K_EXPIRES, task_id)
+                    if raw is None:
+                        continue
+                    data = orjson.loads(raw)
+                    if not TaskStatus(data["status"]).terminal:
+                        continue
+                    pipe.delete(R.K_TASK + task_id, R.K_RUN + task_id, R.K_STOP + task_id, R.K_LOG + task_id)
+                    if data.get("idempotency_key"):
+                        pipe.delete(R.K_IDEM + data["idempotency_key"])
+                    pipe.zrem(R.K_STATUS + data["status"], task_id)
+                    pipe.zrem(R.K_STEP + data["step_name"], task_id)
+                    pipe.zrem(R.K_ALL, task_id)
+                    pipe.hincrbyfloat(R.K_COUNTERS, R.SEP.join(("now", data["step_name"], data["status"])), -1)
+                    doomed.append(data)
+                pipe.execute()
+                freed += Cleanup._remove_files(self, doomed)
+                removed += [data["task_id"] for data in doomed]
+                if between_batches is not None and not between_batches():
+                    raise LeaseLost(f"the cleanup lease was lost after removing {len(removed)} task(s)")
+        return {"removed": len(removed), "task_ids": removed[:100], "freed_bytes": freed}
+
+    def trim_logs(self: RedisStore, max_bytes: int) -> int:
+        return 0  # logs live in Redis, bounded per task, and leave with their task
+
+    # --- the JSON files (written on the API hosts from the change stream) -----------------
+
+    def write_file(self: RedisStore, task_id: str) -> int | None:
+        """Write the task's JSON file until it holds the newest revision (other writers may race)."""
+        path = self.paths.task_file(task_id)
+        for _ in range(10):
+            task = self._load(task_id)
+            if task is None:
+                return None
+            write_json_atomic(path, task.file_view())
+            if self.r.hget(R.K_TASK + task_id, "rev") == str(task.rev):
+                return task.rev
+        return None
+
+    def start_file_writer(self: RedisStore) -> None:
+        self._mirror = FileMirror(self)
+        self._mirror.start()
+
+    def stop_file_writer(self: RedisStore) -> None:
+        if self._mirror is not None:
+            self._mirror.stop()
+            self._mirror = None
+
+    def flush_files(self: RedisStore, timeout: float = 10.0) -> bool:
+        return True
+
+    # --- what the local store rebuilds from files (not needed: Redis is the index) --------
+
+    def is_initialized(self: RedisStore) -> bool:
+        return True
+
+    def ensure_index(self: RedisStore, owner: str, wait_seconds: float = 300.0) -> None:
+        with self._guarded():
+            self.r.ping()
+
+    def bad_files(self: RedisStore) -> list[dict[str, Any]]:
+        return []
+
+    def dirty_count(self: RedisStore) -> int:
+        return 0
+
+    def sweep_dirty(self: RedisStore, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+
+class FileMirror:
+    """Follows the change stream and writes ``<id>.json`` on this host (a consumer group per host,
+    so the API processes of one host share the work and every host keeps its own copy)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.group = f"files:{HOSTNAME}:{store.paths.root}"
+        self.consumer = f"{HOSTNAME}:{threading.get_native_id()}:{time.time_ns()}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="etl-files", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(3)
+
+    def _ensure_group(self, r: redis.Redis) -> None:
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
+            r.xgroup_create(R.K_CHANGES, self.group, id="0", mkstream=True)
+
+    def _run(self) -> None:
+        r: redis.Redis | None = None
+        while not self._stop.is_set():
+            try:
+                if r is None:
+                    r = redis.Redis.from_url(self.store.url, decode_responses=True, socket_connect_timeout=1.0,
+                                             socket_timeout=5.0)
+                    self._ensure_group(r)
+                reply = r.xreadgroup(self.group, self.consumer, {R.K_CHANGES: ">"}, count=200, block=500)
+                for _, entries in reply or []:
+                    ids = {}
+                    for entry_id, fields in entries:
+                        ids[fields.get("id", "")] = entry_id
+                    for task_id in ids:
+                        if is_task_id(task_id):
+                            self.store.write_file(task_id)
+                    r.xack(R.K_CHANGES, self.group, *[entry_id for entry_id, _ in entries])
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc) and r is not None:
+                    self._ensure_group(r)
+                else:
+                    logger.warning("task files: %s (retrying)", exc)
+                    self._stop.wait(1)
+            except Exception as exc:
+                logger.warning("task files cannot follow Redis: %s (retrying)", exc)
+                r = None
+                self._stop.wait(1)

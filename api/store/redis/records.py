@@ -1,0 +1,97 @@
+"""How task records and counters are laid out in Redis (keys, JSON, flat counter fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from api.store.counters import DURATION_BUCKETS, Counters
+from api.task import Task
+
+PREFIX = "{etl}:"  # the one hash tag: every key lands in the same Cluster slot
+K_TASK = PREFIX + "task:"  # hash {json, rev}
+K_RUN = PREFIX + "run:"  # hash {token, owner}: the fencing token of the dispatch and who claimed it
+K_STOP = PREFIX + "stop:"  # pending stop request
+K_LOG = PREFIX + "log:"  # list of log lines, bounded
+K_IDEM = PREFIX + "idem:"
+K_STATUS = PREFIX + "status:"  # zset per status (score 0, ids sorted by name = by age)
+K_STEP = PREFIX + "step:"  # zset per step
+K_ALL = PREFIX + "all"
+K_QUEUE = PREFIX + "queue"  # list, FIFO
+K_RUNNING = PREFIX + "running"  # zset id -> lease expiry (Redis ms)
+K_EXPIRES = PREFIX + "expires"  # zset id -> expiry epoch s
+K_COUNTERS = PREFIX + "counters"  # hash of flat counter fields
+K_CAP = PREFIX + "cap"  # the live global cap
+K_WORKERS = PREFIX + "workers"  # hash worker id -> heartbeat JSON
+K_CHANGES = PREFIX + "changes"  # stream of (id, rev): the JSON-file writers follow it
+K_CLEANUP = "cleanup:"  # relative to PREFIX (scripts add it): schedule, next, last, history, totals
+K_LEASE = PREFIX + "lease:"
+
+SEP = "|"
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def encode(task: Task) -> str:
+    return dumps(task.to_dict())
+
+
+def decode(raw: str | bytes) -> Task:
+    return Task.from_dict(orjson.loads(raw))
+
+
+def flat_deltas(counters: Counters) -> str:
+    """The changes recorded on an empty Counters, as {field: delta} for HINCRBYFLOAT."""
+    data = counters.data
+    out: dict[str, float] = {}
+    for step, states in data["now"].items():
+        for status, n in states.items():
+            out[SEP.join(("now", step, status))] = n
+    for step, n in data["submitted"].items():
+        out[SEP.join(("submitted", step))] = n
+    for step, states in data["ended"].items():
+        for status, n in states.items():
+            out[SEP.join(("ended", step, status))] = n
+    for worker, n in data["started_by"].items():
+        out[SEP.join(("started_by", worker))] = n
+    hists = [(("durations", step), hist) for step, hist in data["durations"].items()]
+    if data.get("queue_wait"):
+        hists.append((("queue_wait",), data["queue_wait"]))
+    for name, hist in hists:
+        for index, n in enumerate(hist["buckets"]):
+            if n:
+                out[SEP.join((*name, f"b{index}"))] = n
+        out[SEP.join((*name, "sum"))] = hist["sum"]
+        out[SEP.join((*name, "count"))] = hist["count"]
+    return dumps({k: v for k, v in out.items() if v})
+
+
+def counters_from(fields: dict[str, str]) -> Counters:
+    """The Counters document rebuilt from the flat hash."""
+    counters = Counters()
+    data = counters.data
+
+    def hist(parent: dict[str, Any], key: str) -> dict[str, Any]:
+        return parent.setdefault(key, {"buckets": [0] * (len(DURATION_BUCKETS) + 1), "sum": 0.0, "count": 0})
+
+    for field, raw in fields.items():
+        parts = field.split(SEP)
+        value = float(raw)
+        kind = parts[0]
+        if kind in ("now", "ended") and len(parts) == 3:
+            data[kind].setdefault(parts[1], {})[parts[2]] = int(value)
+        elif kind in ("submitted", "started_by") and len(parts) == 2:
+            data[kind][parts[1]] = int(value)
+        elif kind in ("durations", "queue_wait"):
+            target = hist(data["durations"], parts[1]) if kind == "durations" else hist(data, "queue_wait")
+            slot = parts[-1]
+            if slot == "sum":
+                target["sum"] = value
+            elif slot == "count":
+                target["count"] = int(value)
+            elif slot.startswith("b"):
+                target["buckets"][int(slot[1:])] = int(value)
+    return counters

@@ -1,0 +1,400 @@
+"""The scale-out store: task state in Redis, changed only by our Lua scripts (scripts.py).
+
+The same verbs as the local TaskStore. A task admitted under the global cap is *dispatched*: it
+is ``running`` with a fencing token and a short dispatch lease, and the ``dispatch`` hook
+publishes it (Celery). The worker that claims it with that token owns it; its heartbeat renews
+the lease; its outcome is recorded only while it still owns the task.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from api.errors import Conflict, QueueFull, RateLimited, StorageUnavailable, TaskNotFound
+from api.store.counters import Counters
+from api.store.files import StoragePaths
+from api.store.redis import records as R
+from api.store.redis import scripts
+from api.store.redis.extras import RedisExtras
+from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
+from api.workers import WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+QUEUE_FULL_RETRY_SECONDS = 5
+COMMIT_RETRIES = 50
+
+
+def _translated(method: Callable) -> Callable:
+    """Redis unreachable or failing -> StorageUnavailable (503), never a 500."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StorageUnavailable(f"The task store (Redis) cannot be reached: {exc}.") from exc
+        except redis.RedisError as exc:
+            raise StorageUnavailable(f"The task store (Redis) refused the request: {exc}.") from exc
+
+    return call
+
+
+class RedisStore(RedisExtras):
+    """All task state shared between API hosts and worker hosts, in Redis."""
+
+    def __init__(self, url: str, root: Any, work_root: Any, output_root: Any, *, ttl_seconds: float,
+                 max_running: int, max_queued: int, worker_lost_after_seconds: float, lease_seconds: float) -> None:
+        self.url = url
+        self.paths = StoragePaths(root, work_root, output_root)
+        self.ttl_seconds = ttl_seconds
+        self.default_cap = max_running
+        self.max_queued = max_queued
+        self.worker_lost_after_seconds = worker_lost_after_seconds
+        self.lease_seconds = lease_seconds
+        # Unclaimed dispatches get a new token after this (a message lost with a host, or a backlog).
+        self.dispatch_seconds = max(10.0, 3 * lease_seconds)
+        self.lost_reason: str | None = None
+        self.dispatch: Callable[[str, str], None] | None = None  # publishes (task id, token)
+        self._r: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._mirror = None
+
+    # --- opening -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        for folder in (self.paths.root, self.paths.logs_dir, self.paths.work_root):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._r = redis.Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=1.0,
+                                       socket_timeout=5.0, health_check_interval=10)
+        for name in ("SUBMIT", "COMMIT", "RESERVE", "REDISPATCH", "RENEW", "ACQUIRE_LEASE", "RELEASE_LEASE",
+                     "RECORD_WITH_LEASE", "HEARTBEAT"):
+            self._scripts[name] = self._r.register_script(getattr(scripts, name))
+
+    def close(self) -> None:
+        self.stop_file_writer()
+        if self._r is not None:
+            self._r.close()
+            self._r = None
+
+    @property
+    def r(self) -> redis.Redis:
+        if self._r is None:
+            raise StorageUnavailable("The task store is not open.")
+        return self._r
+
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts[name](args=[str(a) for a in args], client=self.r)
+
+    def check_database(self) -> None:
+        """Nothing to check beyond reaching Redis, which every verb does."""
+
+    @property
+    def max_running(self) -> int:
+        """The global cap: a live Redis value (POST /capacity), the setting until changed."""
+        try:
+            value = self.r.get(R.K_CAP)
+        except redis.RedisError:
+            return self.default_cap
+        return int(value) if value else self.default_cap
+
+    @_translated
+    def set_max_running(self, cap: int) -> None:
+        self.r.set(R.K_CAP, int(cap))
+
+    # --- records -------------------------------------------------------------------------
+
+    @_translated
+    def get(self, task_id: str) -> Task:
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        raw = self.r.hget(R.K_TASK + task_id, "json")
+        if raw is None:
+            raise TaskNotFound()
+        task = R.decode(raw)
+        if task.expired():
+            raise TaskNotFound()
+        return task
+
+    def _load(self, task_id: str) -> Task | None:
+        raw = self.r.hget(R.K_TASK + task_id, "json")
+        return R.decode(raw) if raw is not None else None
+
+    @staticmethod
+    def _deltas(task: Task, previous: TaskStatus | None, started: bool = False) -> str:
+        counters = Counters()
+        if previous is not task.status:
+            counters.moved(task.step_name, previous.value if previous else None, task.status.value)
+        if previous is None:
+            counters.submitted(task.step_name)
+        if started and task.worker:
+            waited = max(0.0, time.time() - parse_iso(task.created_at))
+            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited)
+        if task.status.terminal and previous is not task.status:
+            counters.ended(task.step_name, task.status.value, task.duration_seconds)
+        return R.flat_deltas(counters)
+
+    def _commit(self, task_id: str, change: Callable[[Task], bool], guard: str = "", value: str = "",
+                flags: str = "", owner: str = "", stop: Any = None, started: bool = False) -> tuple[Task | None, bool]:
+        """Apply ``change`` and commit it if the record did not move meanwhile (else retry).
+
+        Returns (task, committed): the task as stored, and whether this change was written (False:
+        ``change`` declined, or the guard refused it).
+        """
+        for _ in range(COMMIT_RETRIES):
+            raw = self.r.hmget(R.K_TASK + task_id, "json", "rev")
+            if raw[0] is None:
+                return None, False
+            task = R.decode(raw[0])
+            previous = task.status
+            if not change(task):
+                return task, False
+            task.rev = int(raw[1]) + 1
+            expires = math.ceil(parse_iso(task.expires_at)) if task.status.terminal and task.expires_at else 0
+            done = self._run("COMMIT", task_id, raw[1], task.rev, R.encode(task), previous.value, task.status.value,
+                             task.step_name, guard, value, flags, owner, int(self.lease_seconds * 1000), expires,
+                             self._deltas(task, previous, started), R.dumps(stop))
+            if done == -1:
+                return self._load(task_id), False
+            if done:
+                return task, True
+        raise StorageUnavailable("The task changed too often to be updated; retry.")
+
+    # --- admission -----------------------------------------------------------------------
+
+    @_translated
+    def live_running(self, alive: set[str] | None = None) -> int:
+        """Tasks holding a slot (dispatched or claimed); a lost worker's slot frees when its lease is reaped."""
+        return self.r.zcard(R.K_RUNNING)
+
+    @_translated
+    def queued_count(self) -> int:
+        return self.r.llen(R.K_QUEUE)
+
+    @_translated
+    def submit(self, task: Task, worker: WorkerInfo, idempotency: tuple[str, str] | None,
+               rate: tuple[str, float] | None = None, wait: bool = True) -> tuple[Task, bool]:
+        """Admit ``task`` in one script: dispatched if a slot is free, queued if not, QueueFull beyond."""
+        task.history.append({"status": TaskStatus.QUEUED.value, "at": now_iso(), "reason": "accepted"})
+        if idempotency:
+            task.idempotency_key, task.idempotency_fingerprint = idempotency
+        task.rev = 1
+        queued = Task.from_dict(task.to_dict())
+        queued.message = "waiting for a free slot"
+        queued.history = list(task.history)
+        running = task
+        running.message = "dispatched to the worker hosts"
+        running.transition(TaskStatus.RUNNING, "dispatched: a slot was free", self.ttl_seconds)
+        key, fingerprint = idempotency or ("", "")
+        bucket, per_minute = rate or ("", 0)
+        answer = self._run("SUBMIT", task.task_id, task.step_name, 1, R.encode(running), R.encode(queued),
+                           self._deltas(running, None), self._deltas(queued, None), self.max_queued,
+                           self.default_cap, int(self.dispatch_seconds * 1000), key, fingerprint,
+                           R.dumps({"task_id": task.task_id, "fingerprint": fingerprint}), bucket, per_minute)
+        kind = answer[0]
+        if kind == "replay":
+            return R.decode(answer[1]), True
+        if kind == "conflict":
+            raise Conflict("This Idempotency-Key was already used with a different request "
+                           f"(task {answer[1]}); use a new key.", task_id=answer[1])
+        if kind == "rate":
+            raise RateLimited(f"Too many tasks started with this key (limit {per_minute:g} per minute); "
+                              f"retry in {answer[1]} s.", retry_after_seconds=int(answer[1]))
+        if kind == "full":
+            raise QueueFull(f"The queue is full ({answer[1]} tasks waiting, limit {self.max_queued}); retry later.",
+                            retry_after_seconds=QUEUE_FULL_RETRY_SECONDS)
+        if kind == "run":
+            self._dispatch(task.task_id, answer[1])
+            return running, False
+        return queued, False
+
+    def _dispatch(self, task_id: str, token: str) -> None:
+        if self.dispatch is None:
+            logger.error("task %s: won a slot but this process cannot publish it", task_id)
+            return
+        try:
+            self.dispatch(task_id, token)
+        except Exception:
+            # The dispatch lease runs out and the reaper dispatches it again with a new token.
+            logger.exception("task %s: could not publish it (retried when its dispatch lease ends)", task_id)
+
+    @_translated
+    def claim_next(self, worker: WorkerInfo | None = None) -> Task | None:
+        """Dispatch the oldest queued task if the global cap allows; None otherwise."""
+        if self.r.llen(R.K_QUEUE) == 0:
+            return None
+        won = self._run("RESERVE", self.default_cap, int(self.dispatch_seconds * 1000))
+        if not won:
+            return None
+        task_id, token = won
+
+        def change(task: Task) -> bool:
+            if task.status is not TaskStatus.QUEUED:
+                return False
+            task.queue_key = None
+            task.message = "dispatched to the worker hosts"
+            task.transition(TaskStatus.RUNNING, "dispatched: a slot became free", self.ttl_seconds)
+            return True
+
+        task, done = self._commit(task_id, change, guard="token", value=token)
+        if done:
+            self._dispatch(task_id, token)
+        return task if done else None
+
+    # --- the worker's side ----------------------------------------------------------------
+
+    @_translated
+    def claim(self, task_id: str, token: str, worker: WorkerInfo) -> Task | None:
+        """The worker holding ``token`` takes the task; None if the token is stale (a redelivery)."""
+
+        def change(task: Task) -> bool:
+            if task.status.terminal or task.worker:
+                return False
+            if task.status is TaskStatus.QUEUED:
+                task.transition(TaskStatus.RUNNING, "dispatched: a slot became free", self.ttl_seconds)
+            task.worker = worker.as_dict()
+            task.message = "running"
+            task.history.append({"status": "running", "at": now_iso(),
+                                 "reason": f"started on worker {worker.host}:{worker.pid}"})
+            return True
+
+        task, done = self._commit(task_id, change, guard="token", value=token, flags="C", owner=worker.id,
+                                  started=True)
+        return task if done else None
+
+    @_translated
+    def renew(self, task_id: str, owner: str) -> str:
+        """Renew the owner's lease: ``"ok"``, ``"stop"`` (a stop is pending) or ``"lost"``."""
+        return self._run("RENEW", task_id, owner, int(self.lease_seconds * 1000))
+
+    def control(self, task_ids: list[str], owner: str) -> dict[str, str]:
+        orders = {task_id: self.renew(task_id, owner) for task_id in task_ids}
+        return {task_id: order for task_id, order in orders.items() if order != "ok"}
+
+    @_translated
+    def append_log(self, task_id: str, lines: list[str], max_lines: int) -> None:
+        """Append log lines (kept up to ``max_lines``, then one truncation note)."""
+        key = R.K_LOG + task_id
+        held = self.r.llen(key)
+        if held >= max_lines:
+            return
+        room = max_lines - held
+        if len(lines) > room:
+            lines = lines[: room - 1] + [f"... log truncated at {max_lines} lines"]
+        self.r.rpush(key, *lines)
+
+    # --- ending, stopping, progress --------------------------------------------------------
+
+    @_translated
+    def finish(self, task_id: str, status: TaskStatus, reason: str, *, result: Any = None,
+               error: dict[str, Any] | None = None, extra: Callable[[Task], None] | None = None,
+               owner: str | None = None, guard: str | None = None) -> Task | None:
+        """Move a task to a terminal state while ``owner`` still owns it (fencing)."""
+
+        def change(task: Task) -> bool:
+            if task.status.terminal:
+                return False
+            if extra:
+                extra(task)
+            task.result, task.error, task.message = result, error, reason
+            task.transition(status, reason, self.ttl_seconds)
+            return True
+
+        kind = guard or ("owner" if owner is not None else "")
+        task, _ = self._commit(task_id, change, guard=kind, value=owner or "")
+        return task
+
+    @_translated
+    def request_stop(self, task_id: str, by: dict[str, Any] | None) -> Task:
+        """Stop a queued or dispatched task now, or flag a running one for its owner."""
+        self.get(task_id)
+        for _ in range(COMMIT_RETRIES):
+            task = self._load(task_id)
+            if task is None:
+                raise TaskNotFound()
+            if task.status is TaskStatus.QUEUED or (task.status is TaskStatus.RUNNING and not task.worker):
+                queued = task.status is TaskStatus.QUEUED
+
+                def stop_now(t: Task) -> bool:
+                    if t.status.terminal or t.worker:
+                        return False
+                    t.stopped_by, t.stop_requested = by, True
+                    t.message = "stopped before it started"
+                    t.transition(TaskStatus.STOPPED, "stop requested while queued" if queued
+                                 else "stop requested before a worker started it", self.ttl_seconds)
+                    return True
+
+                done_task, done = self._commit(task_id, stop_now, guard="" if queued else "unclaimed",
+                                               flags="Q" if queued else "")
+                if done or (done_task is not None and done_task.status.terminal):
+                    return done_task
+                continue
+            if task.status is TaskStatus.RUNNING and not task.stop_requested:
+
+                def flag(t: Task) -> bool:
+                    if t.status is not TaskStatus.RUNNING or t.stop_requested:
+                        return False
+                    t.stop_requested, t.stopped_by, t.message = True, by, "stop requested"
+                    t.history.append({"status": t.status.value, "at": now_iso(), "reason": "stop requested"})
+                    return True
+
+                done_task, _ = self._commit(task_id, flag, flags="S", stop={"at": time.time(), "by": by})
+                return done_task
+            return task
+        raise StorageUnavailable("The task changed too often to be stopped; retry.")
+
+    @_translated
+    def save_progress(self, task_id: str, progress: float, message: str, log_tail: list[str],
+                      log_lines: int, artifacts: list[str], owner: str | None = None) -> None:
+        def change(task: Task) -> bool:
+            if task.status is not TaskStatus.RUNNING:
+                return False
+            task.progress, task.message, task.log_tail = progress, message, log_tail
+            task.log_lines, task.artifacts = log_lines, artifacts
+            return True
+
+        self._commit(task_id, change, guard="owner" if owner else "", value=owner or "")
+
+    # --- lost workers and lost dispatches -------------------------------------------------
+
+    @_translated
+    def redis_uptime_seconds(self) -> float:
+        return float(self.r.info("server")["uptime_in_seconds"])
+
+    @_translated
+    def reap_lost(self, only_pid: int | None = None) -> list[str]:
+        """Fail tasks whose owner's lease ran out (WorkerLost); dispatch unclaimed ones again.
+
+        Only once Redis has been up longer than two lease periods: after a Redis restart the
+        workers need that long to renew, and an old score must not read as a dead worker.
+        """
+        if only_pid is not None:
+            return []  # API processes own no tasks in this mode (Gunicorn's child_exit)
+        if self.redis_uptime_seconds() <= 2 * self.lease_seconds:
+            return []
+        seconds, micros = self.r.time()
+        now_ms = seconds * 1000 + micros // 1000
+        lost = []
+        for task_id in self.r.zrangebyscore(R.K_RUNNING, "-inf", now_ms, start=0, num=500):
+            owner = self.r.hget(R.K_RUN + task_id, "owner") or ""
+            if not owner:
+                token = self._run("REDISPATCH", task_id, int(self.dispatch_seconds * 1000))
+                if token:
+                    logger.warning("task %s: no worker took it in %.0f s; dispatching it again",
+                                   task_id, self.dispatch_seconds)
+                    self._dispatch(task_id, token)
+                continue
+            reason = f"worker {owner} stopped renewing its lease while running the task"
+            task = self.finish(task_id, TaskStatus.FAILED, reason, owner=owner, guard="expired",
+                               error={"type": "WorkerLost", "message": reason, "traceback": None})
+            if task is not None and task.error and task.error.get("type") == "WorkerLost":
+                logger.warning("task %s: %s", task_id, reason)
+                lost.append(task_id)
+        return lost

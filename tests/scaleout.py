@@ -1,0 +1,108 @@
+"""Real scale-out parts for tests: a private redis-server and Celery worker hosts (separate process groups)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.server import ROOT, free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1, a free port and a private folder; AOF everysec if asked."""
+
+    def __init__(self, folder: Path, aof: bool = False) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.aof = aof
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        command = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.folder),
+                   "--save", "", "--protected-mode", "yes", "--daemonize", "no"]
+        if self.aof:
+            command += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        self.log = open(self.folder / "redis.log", "ab")
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+            self.log.close()
+            self.proc = None
+
+
+class WorkerHost:
+    """``python -m api worker`` in its own process group with its own storage folder (no shared files)."""
+
+    def __init__(self, folder: Path, redis_url: str, concurrency: int, name: str, **settings: Any) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.concurrency = concurrency
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+        self.env.update({"ETL_BACKEND": "celery", "ETL_REDIS_URL": redis_url, "ETL_STORAGE_DIR": str(folder),
+                         "ETL_DIAGNOSTIC_STEPS": "1", "ETL_STOP_GRACE_SECONDS": "2"})
+        self.env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerHost:
+        self.log = open(self.folder / "worker.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "api", "worker", "--concurrency", str(self.concurrency),
+                                      "--name", self.name], cwd=ROOT, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def pool_pids(self) -> list[int]:
+        import psutil
+
+        assert self.proc is not None
+        return [p.pid for p in psutil.Process(self.proc.pid).children()]
+
+    def kill_tree(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(10)
+        self.log.close()
+        self.proc = None
+
+    def log_text(self) -> str:
+        return (self.folder / "worker.log").read_text(errors="replace")
