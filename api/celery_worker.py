@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE = "etl"
 TASK_NAME = "etl.run_step"
-CONTROL_SECONDS = 0.2  # lease renewal and stop-flag read
+CONTROL_SECONDS = 0.1  # lease renewal and stop-flag read
 PROGRESS_FLUSH_SECONDS = 0.5
 MAX_LOG_LINES = 20000
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -99,6 +99,9 @@ class WorkerHost:
         self.store = make_store(settings)
         self.store.open()
         self.store.dispatch = publish
+        # The global cap is the API hosts' to set (api/store/redis): without it in Redis a worker
+        # host dispatches nothing rather than trust its own ETL_MAX_CONCURRENT_TASKS.
+        self.store.default_cap = 0
         self.worker = WorkerInfo.this_process()
         self.running = 0
         handler = runtime.TaskLogHandler()
@@ -237,7 +240,9 @@ class Execution:
                 return
             if order == "stop" and not context.stop_event.is_set():
                 logger.info("task %s: stop requested; telling the step", self.task_id)
-                context.request_stop("request")
+                # On its own thread: killing a subprocess tree may wait for it, and this loop
+                # records the end as soon as the step returns.
+                threading.Thread(target=context.request_stop, args=("request",), daemon=True).start()
             if not context.stop_event.is_set() and now - started > self.settings.task_timeout_seconds:
                 context.request_stop("timeout")
             if context.stop_event.is_set():

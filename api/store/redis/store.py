@@ -109,6 +109,11 @@ class RedisStore(RedisExtras):
     def set_max_running(self, cap: int) -> None:
         self.r.set(R.K_CAP, int(cap))
 
+    @_translated
+    def seed_max_running(self) -> None:
+        """Put the configured cap in Redis unless one is there (POST /capacity changes it later)."""
+        self.r.set(R.K_CAP, int(self.default_cap), nx=True)
+
     # --- records -------------------------------------------------------------------------
 
     @_translated

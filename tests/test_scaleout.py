@@ -1,0 +1,208 @@
+"""Scale-out mode against real parts: redis-server, Celery worker hosts (separate process groups,
+each with its own storage folder) and a Gunicorn API with ETL_BACKEND=celery."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.scaleout import RedisServer, WorkerHost
+from tests.server import Server
+
+# Worker hosts are Linux only (fork, PR_SET_PDEATHSIG); redis-server is a test dependency (tests/run.sh).
+pytestmark = [pytest.mark.server, pytest.mark.skipif(sys.platform != "linux", reason="worker hosts run on Linux only")]
+
+CAP = 4
+LINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+class Cluster:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.redis = RedisServer(base / "redis").start()
+        self.hosts = [WorkerHost(base / f"host{n}", self.redis.url, 4, f"host{n}").start() for n in (1, 2)]
+        self.api = Server(base / "api", workers=2, backend="celery", redis_url=self.redis.url,
+                          max_concurrent_tasks=CAP)
+        self.api.start()
+        self.wait_processes(2 + 8)
+
+    def wait_processes(self, wanted: int, timeout: float = 60) -> None:
+        """Until API processes and pool processes heartbeat (they all report to /stats)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = self.api.client.get("/stats").json()["workers"]
+            if sum(1 for w in workers if w["alive"]) >= wanted:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"only {workers} after {timeout} s")
+
+    def stop(self) -> None:
+        self.api.stop()
+        for host in self.hosts:
+            host.stop()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path_factory.mktemp("scaleout"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _stamp(line: str) -> float:
+    match = LINE_TIME.match(line)
+    assert match, line
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def step_interval(api: Server, task_id: str) -> tuple[float, float]:
+    """When the step itself started and ended, from its own log lines (written on the worker host)."""
+    lines = api.client.get(f"/logs/{task_id}").json()["lines"]
+    started = [line for line in lines if "sleeping" in line]
+    ended = [line for line in lines if line.endswith(": completed")]
+    assert len(started) == 1 and len(ended) == 1, lines
+    return _stamp(started[0]), _stamp(ended[0])
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    now = peak = 0
+    for _, change in events:
+        now += change
+        peak = max(peak, now)
+    return peak
+
+
+def test_round_trip_fail_and_logs(cluster: Cluster):
+    api = cluster.api
+    task = api.run("diag_noop", fund="Fundo Ação", code="00123")
+    final = api.wait_for(task["task_id"])
+    assert final["status"] == "completed" and final["output"] == {"fund": "Fundo Ação", "code": "00123"}
+    assert final["worker"]["pid"] in cluster.hosts[0].pool_pids() + cluster.hosts[1].pool_pids()
+    assert [h["reason"].split(" ")[0] for h in final["history"]] == ["accepted", "dispatched:", "started", "the"]
+    logs = api.client.get(f"/logs/{task['task_id']}").json()
+    assert any("diag_noop started" in line for line in logs["lines"])
+    # The API host writes the JSON file from Redis changes (the worker hosts have their own folders).
+    assert '"Fundo Ação"' in api.task_file(task["task_id"])
+    failed = api.wait_for(api.run("diag_fail", message="planned failure")["task_id"])
+    assert failed["status"] == "failed" and failed["error"] == {"type": "DiagnosticFailure", "message": "planned failure"}
+    output = api.client.get(f"/output/{failed['task_id']}").json()
+    assert "Traceback" in output["error"]["traceback"]
+
+
+def test_stop_of_a_running_step_kills_its_process_tree(cluster: Cluster):
+    api = cluster.api
+    task = api.run("diag_sleep", seconds=30, mode="subprocess")
+    deadline = time.monotonic() + 20
+    while True:
+        lines = api.client.get(f"/logs/{task['task_id']}").json()["lines"]
+        found = [re.search(r"child pid=(\d+) grandchild pid=(\d+)", line) for line in lines]
+        pids = [int(p) for m in found if m for p in m.groups()]
+        if pids:
+            break
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
+    asked = time.monotonic()
+    assert api.client.post(f"/stop/{task['task_id']}").status_code == 202
+    final = api.wait_for(task["task_id"], timeout=5)
+    took = time.monotonic() - asked
+    assert final["status"] == "stopped"
+    assert took <= 1.0, took
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_must_hold_1_global_cap_fifo_and_makespan(cluster: Cluster):
+    """Cap 4 over two hosts with 8 slots: 20 x 2 s tasks never run more than 4 at once, start in submit order."""
+    api = cluster.api
+    began = time.time()
+    ids = [api.run("diag_sleep", seconds=2)["task_id"] for _ in range(20)]
+    finals = [api.wait_for(task_id, timeout=40) for task_id in ids]
+    assert {f["status"] for f in finals} == {"completed"}
+    intervals = [step_interval(api, task_id) for task_id in ids]
+    assert most_at_once(intervals) <= CAP
+    starts = [start for start, _ in intervals]
+    assert all(later >= earlier - 0.05 for earlier, later in zip(starts, starts[1:])), starts
+    makespan = max(datetime.fromisoformat(f["completed_at"]).timestamp() for f in finals) - began
+    print(f"makespan of 20 x 2 s at cap {CAP}: {makespan:.2f} s")
+    assert makespan <= 10.5
+    hosts = {f["worker"]["pid"] for f in finals}
+    assert hosts & set(cluster.hosts[0].pool_pids()) and hosts & set(cluster.hosts[1].pool_pids())
+
+
+def test_must_hold_2_cap_changes_at_run_time(cluster: Cluster):
+    api = cluster.api
+    assert api.client.post("/capacity", json={"max_concurrent_tasks": 2}).status_code == 200
+    try:
+        assert api.client.get("/stats").json()["capacity"]["max_concurrent_tasks"] == 2
+        ids = [api.run("diag_sleep", seconds=1)["task_id"] for _ in range(6)]
+        for task_id in ids:
+            assert api.wait_for(task_id, timeout=30)["status"] == "completed"
+        assert most_at_once([step_interval(api, task_id) for task_id in ids]) <= 2
+    finally:
+        api.client.post("/capacity", json={"max_concurrent_tasks": CAP})
+    assert api.client.post("/capacity", json={"max_concurrent_tasks": 0}).status_code == 422
+
+
+def test_must_hold_4_killed_host_tasks_fail_as_worker_lost_and_the_rest_run_once(cluster: Cluster):
+    api = cluster.api
+    ids = [api.run("diag_sleep", seconds=4)["task_id"] for _ in range(8)]
+    victim, survivor = cluster.hosts
+    deadline = time.monotonic() + 15
+    while True:
+        running = [api.status(i) for i in ids[:CAP]]
+        if all(s["worker"] for s in running):
+            break
+        assert time.monotonic() < deadline, running
+        time.sleep(0.05)
+    on_victim = [s["task_id"] for s in running if s["worker"]["pid"] in victim.pool_pids()]
+    assert on_victim, "both hosts should have taken tasks"
+    killed = time.monotonic()
+    victim.kill_tree()
+    for task_id in on_victim:
+        final = api.wait_for(task_id, timeout=10)
+        assert final["status"] == "failed" and final["error"]["type"] == "WorkerLost"
+    assert time.monotonic() - killed <= 5.0 + 0.5  # the last poll may land just after
+    survivors = set(survivor.pool_pids())
+    for task_id in ids:
+        final = api.wait_for(task_id, timeout=30)
+        started = [h for h in final["history"] if h["reason"].startswith("started on worker")]
+        assert len(started) == 1, final["history"]  # nothing runs twice
+        if task_id not in on_victim:
+            assert final["status"] == "completed" and final["worker"]["pid"] in survivors
+    # A replacement host for the tests that follow.
+    cluster.hosts[0] = WorkerHost(victim.folder.with_name("host3"), cluster.redis.url, 4, "host3").start()
+
+
+def test_must_hold_5_paused_worker_cannot_overwrite_and_aborts(cluster: Cluster):
+    api = cluster.api
+    task = api.run("diag_sleep", seconds=6)
+    state = api.wait_for(task["task_id"], statuses={"running"})
+    deadline = time.monotonic() + 10
+    while not state["worker"]:
+        assert time.monotonic() < deadline
+        state = api.status(task["task_id"])
+    pid = state["worker"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        final = api.wait_for(task["task_id"], timeout=10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert final["status"] == "failed" and final["error"]["type"] == "WorkerLost"
+    time.sleep(1.0)  # one renewal after SIGCONT: the worker learns it lost the task
+    host_logs = "".join(host.log_text() for host in cluster.hosts)
+    assert f"task {task['task_id']}: this worker no longer owns it; aborting the step" in host_logs
+    time.sleep(6)  # past the step's own end: the terminal state stays as the reaper left it
+    again = api.status(task["task_id"])
+    assert again["status"] == "failed" and again["history"] == final["history"]
