@@ -70,6 +70,14 @@ def _scheduler(services: Services) -> dict[str, Any]:
 def _runner(services: Services) -> dict[str, Any]:
     if not services.runner.alive:
         return _check(False, "this worker's task runner thread is not running")
+    if services.settings.backend == "celery":
+        alive = services.store.alive_workers()
+        hosts = {b["host"] for b in services.store.workers() if b.get("role") == "worker" and b["id"] in alive}
+        processes = sum(1 for b in services.store.workers() if b.get("role") == "worker" and b["id"] in alive)
+        if not processes:
+            return _check(False, "Redis answers but no Celery worker host is alive (start `python -m api worker`)")
+        return _check(True, f"dispatch alive; Redis reachable; {processes} worker process(es) on "
+                            f"{len(hosts)} worker host(s)")
     return _check(True, "task runner alive")
 
 
@@ -146,7 +154,8 @@ def stats(services: Services) -> dict[str, Any]:
     }
     workers = [
         {"host": beat["host"], "pid": beat["pid"], "alive": beat["id"] in alive, "running": beat.get("running", 0),
-         "tasks_started": data["started_by"].get(f"{beat['host']}:{beat['pid']}", 0)}
+         "tasks_started": data["started_by"].get(f"{beat['host']}:{beat['pid']}", 0),
+         **({"role": beat["role"]} if "role" in beat else {})}  # scale-out: "api" or "worker"
         for beat in store.workers()
     ]
     by_status = counters.by_status()

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from tests.server import ROOT, free_port
+from tests.server import ROOT, Server, free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -106,3 +106,18 @@ class WorkerHost:
 
     def log_text(self) -> str:
         return (self.folder / "worker.log").read_text(errors="replace")
+
+
+class CeleryServer(Server):
+    """A Server in scale-out mode with its own redis-server and worker host, all stopped with it."""
+
+    def __init__(self, storage: Path, concurrency: int = 4, **settings: Any) -> None:
+        self.redis = RedisServer(storage.parent / "redis").start()
+        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1").start()
+        super().__init__(storage, backend="celery", redis_url=self.redis.url, **settings)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
+        code = super().stop(sig, timeout)
+        self.host.stop()
+        self.redis.stop()
+        return code

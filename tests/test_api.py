@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.scaleout import CeleryServer
 from tests.server import Server
+
+BACKENDS = ["local", pytest.param("celery", marks=pytest.mark.skipif(
+    sys.platform != "linux", reason="worker hosts run on Linux only"))]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The contract holds in both modes: local (diskcache + threads) and celery (Redis + worker hosts)."""
+    storage = tmp_path_factory.mktemp(f"server-{request.param}") / "task_storage"
+    srv = Server(storage) if request.param == "local" else CeleryServer(storage)
+    try:
+        srv.start()
+    except BaseException:
+        srv.stop()
+        raise
+    yield srv
+    srv.stop()
 
 
 def test_run_then_status_output_logs(server: Server):
@@ -147,7 +167,8 @@ def test_health_stats_metrics_and_livez(server: Server):
     assert str(server.storage) not in health.text
     stats = server.client.get("/stats").json()
     assert stats["capacity"]["max_concurrent_tasks"] == 25
-    assert sum(1 for w in stats["workers"] if w["alive"]) == 4
+    # Scale-out mode also lists the worker hosts' pool processes (role "worker").
+    assert sum(1 for w in stats["workers"] if w["alive"] and w.get("role") != "worker") == 4
     assert stats["tasks"]["by_status"]["completed"] >= 1
     metrics = server.client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
