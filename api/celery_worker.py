@@ -255,11 +255,15 @@ class Execution:
                     self._abort(thread, context, context.stop_reason or "request")
                     return
             if context.changed.is_set() and now - last_flush >= PROGRESS_FLUSH_SECONDS:
-                context.changed.clear()
                 last_flush = now
-                self._ship_logs(context)
-                self.store.save_progress(self.task_id, context.progress, context.message, list(context.log_tail),
-                                         context.log_lines, list(context.artifacts), owner=self.worker.id)
+                try:
+                    self._ship_logs(context)
+                    self.store.save_progress(self.task_id, context.progress, context.message,
+                                             list(context.log_tail), context.log_lines, list(context.artifacts),
+                                             owner=self.worker.id)
+                    context.changed.clear()
+                except StorageUnavailable:
+                    pass  # Redis is away: the step goes on, progress is sent once it is back
         if self.outcome is not None:
             self._record(*self.outcome, context)
 

@@ -24,7 +24,7 @@ class RedisServer:
     def __init__(self, folder: Path, aof: bool = False) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port()  # kept across restarts: clients reconnect to the same address
         self.aof = aof
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
@@ -49,7 +49,8 @@ class RedisServer:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
-            self.proc.send_signal(sig)
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
             self.proc.wait(10)
             self.log.close()
             self.proc = None

@@ -206,3 +206,38 @@ def test_must_hold_5_paused_worker_cannot_overwrite_and_aborts(cluster: Cluster)
     time.sleep(6)  # past the step's own end: the terminal state stays as the reaper left it
     again = api.status(task["task_id"])
     assert again["status"] == "failed" and again["history"] == final["history"]
+
+
+def test_must_hold_6_redis_restart_with_aof_loses_nothing_and_the_api_says_503(tmp_path: Path):
+    base = tmp_path
+    store = RedisServer(base / "redis", aof=True).start()
+    host = WorkerHost(base / "host1", store.url, 4, "host1").start()
+    api = Server(base / "api", workers=2, backend="celery", redis_url=store.url, max_concurrent_tasks=4)
+    try:
+        api.start()
+        ids = [api.run("diag_sleep", seconds=14)["task_id"] for _ in range(6)]
+        deadline = time.monotonic() + 20
+        while not all(api.status(i)["worker"] for i in ids[:4]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.5)  # past one AOF fsync since the last state change
+        store.stop(signal.SIGKILL)
+        answers = set()
+        down_until = time.monotonic() + 10
+        while time.monotonic() < down_until:
+            for method, path in (("get", f"/status/{ids[0]}"), ("post", "/run/diag_noop"), ("get", "/stats"),
+                                 ("get", "/tasks"), ("get", f"/logs/{ids[0]}")):
+                answers.add(getattr(api.client, method)(path).status_code)
+            time.sleep(0.2)
+        assert answers == {503}, answers
+        store.start()
+        for task_id in ids:
+            final = api.wait_for(task_id, timeout=60)
+            assert final["status"] == "completed", (final["error"], final["history"])
+            assert len([h for h in final["history"] if h["reason"].startswith("started on worker")]) == 1
+        workers = api.client.get("/stats").json()["workers"]
+        assert sum(1 for w in workers if w["alive"] and w.get("role") == "worker") == 4
+    finally:
+        api.stop()
+        host.stop()
+        store.stop()
