@@ -39,6 +39,8 @@ PROGRESS_FLUSH_SECONDS = 0.5
 MAX_LOG_LINES = 20000
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+ORPHAN_CHECK_SECONDS = 0.5
 
 app = Celery("etl")
 
@@ -68,11 +70,53 @@ def configure(settings: Settings) -> Celery:
     return app
 
 
+def _prctl(option: int, value: int) -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
+
+
 def die_with_parent() -> None:
     """Linux: this process gets SIGKILL when its parent dies (a killed worker leaves no orphan)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@signals.worker_init.connect
+def _init_worker_host(**_: Any) -> None:
+    """In the worker host's main process: adopt and kill what a killed pool process leaves behind.
+
+    As a child subreaper, this process inherits the subprocesses of a pool process that died (kill
+    -9, OOM). Pool processes share this process's group; step subprocesses run in their own
+    session (etl.process), so any child outside this group is an orphan of a dead step.
+    """
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    threading.Thread(target=_kill_orphans, name="etl-orphans", daemon=True).start()
+
+
+def _kill_orphans() -> None:
+    own_group = os.getpgrp()
+    while True:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            continue
+        for child in children:
+            try:
+                group = os.getpgid(child.pid)
+            except OSError:
+                continue
+            if group == own_group:
+                continue
+            logger.warning("killing process %s (group %s) left behind by a pool process that died", child.pid, group)
+            for kill in (lambda: os.killpg(group, signal.SIGKILL), lambda: os.kill(child.pid, signal.SIGKILL)):
+                try:
+                    kill()
+                except OSError:
+                    pass
+            try:
+                os.waitpid(child.pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def kill_descendants() -> None:

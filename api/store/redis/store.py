@@ -267,7 +267,7 @@ class RedisStore(RedisExtras):
             task.worker = worker.as_dict()
             task.message = "running"
             task.history.append({"status": "running", "at": now_iso(),
-                                 "reason": f"started on worker {worker.host}:{worker.pid}"})
+                                 "reason": f"started on worker {worker.host}:{worker.pid} (dispatch {token})"})
             return True
 
         task, done = self._commit(task_id, change, guard="token", value=token, flags="C", owner=worker.id,
