@@ -32,7 +32,7 @@ class CeleryRunner(Runner):
         store.dispatch = publish
 
     def start(self) -> None:
-        self.store.seed_max_running()
+        self.store.seed_shared_settings()
         self.store.start_file_writer()
         self.store.heartbeat(self.worker, role="api", started_at=now_iso(), running=0)
         self._loop_thread = threading.Thread(target=self._loop, name="etl-dispatch", daemon=True)

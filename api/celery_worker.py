@@ -62,6 +62,9 @@ def configure(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
+        # Only a message received but not yet acknowledged (a host killed in between) waits this
+        # long to be delivered again; its token is checked on claim, so it never runs twice.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
         task_default_queue=QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -146,6 +149,7 @@ class WorkerHost:
         # The global cap is the API hosts' to set (api/store/redis): without it in Redis a worker
         # host dispatches nothing rather than trust its own ETL_MAX_CONCURRENT_TASKS.
         self.store.default_cap = 0
+        self.store.follows_api = True
         self.worker = WorkerInfo.this_process()
         self.running = 0
         handler = runtime.TaskLogHandler()

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     redis_url: str = ""
     lease_seconds: float = Field(3.0, ge=0.5, le=300)
     worker_concurrency: int = Field(4, ge=1, le=256)
+    broker_visibility_timeout_seconds: float = Field(3600.0, ge=1, le=366 * 86400)
 
     # --- HTTP trust boundary: who may call, from where, and what is recorded about them ---
     anonymous_role: Literal["viewer", "operator", "admin"] = "operator"

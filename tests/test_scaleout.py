@@ -3,6 +3,7 @@ each with its own storage folder) and a Gunicorn API with ETL_BACKEND=celery."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from tests.scaleout import RedisServer, WorkerHost
 from tests.server import Server
@@ -311,6 +313,62 @@ def test_must_hold_6_redis_restart_with_aof_loses_nothing_and_the_api_says_503(t
             assert len([h for h in final["history"] if h["reason"].startswith("started on worker")]) == 1
         workers = api.client.get("/stats").json()["workers"]
         assert sum(1 for w in workers if w["alive"] and w.get("role") == "worker") == 4
+    finally:
+        api.stop()
+        host.stop()
+        store.stop()
+
+
+def _file_shows(path: Path, check, timeout: float) -> float:
+    """Seconds until the JSON file satisfies ``check`` (AssertionError past ``timeout``)."""
+    began = time.monotonic()
+    while True:
+        try:
+            if check(json.loads(path.read_text(encoding="utf-8"))):
+                return time.monotonic() - began
+        except (FileNotFoundError, ValueError):
+            pass
+        assert time.monotonic() - began < timeout, f"{path} did not follow the change in {timeout} s"
+        time.sleep(0.01)
+
+
+def test_must_hold_7_and_9_files_follow_cleanup_reconciles_and_long_tasks_run_once(tmp_path: Path):
+    """A short TTL and a broker visibility timeout far below the task's length, on one worker host."""
+    store = RedisServer(tmp_path / "redis").start()
+    host = WorkerHost(tmp_path / "host1", store.url, 2, "host1", broker_visibility_timeout_seconds=1).start()
+    api = Server(tmp_path / "api", workers=2, backend="celery", redis_url=store.url, task_ttl_hours=0.001)
+    try:
+        api.start()
+        # 7: a task running 4 x the visibility timeout executes exactly once.
+        task = api.run("diag_sleep", seconds=4)
+        path = api.storage / f"{task['task_id']}.json"
+        state = api.wait_for(task["task_id"], statuses={"running"})
+        while not state["worker"]:
+            state = api.status(task["task_id"])
+        # 9: the JSON file follows each change within a second.
+        assert _file_shows(path, lambda d: d["worker"] is not None, 1.0) <= 1.0
+        final = api.wait_for(task["task_id"], timeout=20)
+        assert final["status"] == "completed"
+        assert _file_shows(path, lambda d: d["status"] == "completed", 1.0) <= 1.0
+        time.sleep(2.0)  # the visibility timeout passed twice more after the end
+        assert host.log_text().count(f"task {task['task_id']}: step diag_sleep started") == 1
+        assert len([h for h in final["history"] if h["reason"].startswith("started on worker")]) == 1
+        # 9: TTL cleanup removes the Redis keys and the file (expiry is kept in whole seconds, rounded up).
+        time.sleep(max(0.0, 4.8 - (time.time() - datetime.fromisoformat(final["completed_at"]).timestamp())))
+        assert task["task_id"] in api.client.post("/cleanup/now").json()["task_ids"]
+        client = redis.Redis.from_url(store.url, decode_responses=True)
+        assert [key for key in client.scan_iter("{etl}:*") if task["task_id"] in key] == []
+        assert not path.exists()
+        assert api.client.get(f"/status/{task['task_id']}").status_code == 404
+        # 9: a file whose task Redis does not know is marked at the next start and reported.
+        stray = api.storage / "01a233b2-9e97-7486-9352-bd90d9fdb182.json"
+        stray.write_text(json.dumps({"task_id": stray.stem, "step_name": "diag_noop", "status": "running",
+                                     "created_at": "2026-12-01T10:00:00+00:00"}), encoding="utf-8")
+        api.stop()
+        api.start()
+        assert json.loads(stray.read_text(encoding="utf-8"))["unknown_to_redis"]["detail"]
+        warnings = api.client.get("/health").json()["warnings"]
+        assert any(stray.name in warning for warning in warnings), warnings
     finally:
         api.stop()
         host.stop()

@@ -17,7 +17,7 @@ from api.store.cleanup import HISTORY_RUNS, Cleanup
 from api.store.counters import Counters
 from api.store.files import write_json_atomic
 from api.store.redis import records as R
-from api.task import Task, TaskStatus, is_task_id
+from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import HOSTNAME, WorkerInfo
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RECONCILE_LEASE_SECONDS = 60.0
+BAD_FILES_REPORTED = 20
+UNKNOWN_DETAIL = ("Redis holds no record of this task (its data was lost, or another host removed it); "
+                  "this file is the only record left")
 WAIT_FIRST_POLL_SECONDS = 0.002
 WAIT_MAX_POLL_SECONDS = 0.05
 
@@ -261,11 +265,49 @@ class RedisExtras:
         return True
 
     def ensure_index(self: RedisStore, owner: str, wait_seconds: float = 300.0) -> None:
+        """Redis is the index; at start one process per host reconciles this host's task files with it."""
         with self._guarded():
             self.r.ping()
+            lease = f"reconcile:{HOSTNAME}:{self.paths.root}"
+            if self.acquire_lease(lease, owner, RECONCILE_LEASE_SECONDS):
+                try:
+                    self.reconcile_files()
+                finally:
+                    self.release_lease(lease, owner)
+
+    def reconcile_files(self: RedisStore) -> int:
+        """Task files whose task Redis no longer knows: expired ones go, the others are marked.
+
+        A marked file (``unknown_to_redis``) is the only record left of its task (Redis lost its
+        data, or another host's cleanup removed it early); /health lists them.
+        """
+        marked: list[dict[str, Any]] = []
+        now = time.time()
+        with self._guarded():
+            for path in sorted(self.paths.root.glob("*.json")):
+                if not is_task_id(path.stem) or self.r.exists(R.K_TASK + path.stem):
+                    continue
+                try:
+                    data = orjson.loads(path.read_bytes())
+                    expires = data.get("expires_at") if isinstance(data, dict) else None
+                    if expires and parse_iso(expires) <= now:
+                        path.unlink(missing_ok=True)
+                        continue
+                except (OSError, ValueError, TypeError):
+                    marked.append({"file": path.name, "reason": "unknown to Redis and not a readable task record"})
+                    continue
+                if isinstance(data, dict) and "unknown_to_redis" not in data:
+                    data["unknown_to_redis"] = {"at": now_iso(), "detail": UNKNOWN_DETAIL}
+                    write_json_atomic(path, data)
+                marked.append({"file": path.name, "reason": "Redis holds no record of this task"})
+            self.r.set(R.PREFIX + f"meta:bad_files:{HOSTNAME}:{self.paths.root}", R.dumps(marked[:BAD_FILES_REPORTED]))
+        if marked:
+            logger.warning("%d task file(s) describe tasks Redis does not know; marked unknown_to_redis", len(marked))
+        return len(marked)
 
     def bad_files(self: RedisStore) -> list[dict[str, Any]]:
-        return []
+        with self._guarded():
+            return _json(self.r.get(R.PREFIX + f"meta:bad_files:{HOSTNAME}:{self.paths.root}")) or []
 
     def dirty_count(self: RedisStore) -> int:
         return 0

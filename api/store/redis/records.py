@@ -23,6 +23,7 @@ K_RUNNING = PREFIX + "running"  # zset id -> lease expiry (Redis ms)
 K_EXPIRES = PREFIX + "expires"  # zset id -> expiry epoch s
 K_COUNTERS = PREFIX + "counters"  # hash of flat counter fields
 K_CAP = PREFIX + "cap"  # the live global cap
+K_TTL = PREFIX + "ttl"  # the API hosts' ETL_TASK_TTL_HOURS in seconds, for the worker hosts
 K_WORKERS = PREFIX + "workers"  # hash worker id -> heartbeat JSON
 K_CHANGES = PREFIX + "changes"  # stream of (id, rev): the JSON-file writers follow it
 K_CLEANUP = "cleanup:"  # relative to PREFIX (scripts add it): schedule, next, last, history, totals

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_FULL_RETRY_SECONDS = 5
 COMMIT_RETRIES = 50
+TTL_READ_SECONDS = 10.0
 
 
 def _translated(method: Callable) -> Callable:
@@ -54,7 +55,9 @@ class RedisStore(RedisExtras):
                  max_running: int, max_queued: int, worker_lost_after_seconds: float, lease_seconds: float) -> None:
         self.url = url
         self.paths = StoragePaths(root, work_root, output_root)
-        self.ttl_seconds = ttl_seconds
+        self._ttl_seconds = ttl_seconds
+        self._ttl_read: tuple[float, float] | None = None  # (when read, value) on worker hosts
+        self.follows_api = False  # worker hosts: the TTL and cap are the API hosts' (seeded in Redis)
         self.default_cap = max_running
         self.max_queued = max_queued
         self.worker_lost_after_seconds = worker_lost_after_seconds
@@ -110,9 +113,26 @@ class RedisStore(RedisExtras):
         self.r.set(R.K_CAP, int(cap))
 
     @_translated
-    def seed_max_running(self) -> None:
-        """Put the configured cap in Redis unless one is there (POST /capacity changes it later)."""
+    def seed_shared_settings(self) -> None:
+        """API hosts: the TTL in Redis for the worker hosts, and the cap unless one is there
+        (POST /capacity changes it later; a restart does not reset it)."""
         self.r.set(R.K_CAP, int(self.default_cap), nx=True)
+        self.r.set(R.K_TTL, repr(float(self._ttl_seconds)))
+
+    @property
+    def ttl_seconds(self) -> float:
+        """How long ended tasks are kept; worker hosts read the API hosts' value (every 10 s at most)."""
+        if not self.follows_api:
+            return self._ttl_seconds
+        now = time.monotonic()
+        if self._ttl_read is None or now - self._ttl_read[0] > TTL_READ_SECONDS:
+            try:
+                value = self.r.get(R.K_TTL)
+            except redis.RedisError:
+                value = None
+            if value is not None:
+                self._ttl_read = (now, float(value))
+        return self._ttl_read[1] if self._ttl_read else self._ttl_seconds
 
     # --- records -------------------------------------------------------------------------
 
