@@ -111,9 +111,9 @@ def _kill_orphans() -> None:
             if group == own_group:
                 continue
             logger.warning("killing process %s (group %s) left behind by a pool process that died", child.pid, group)
-            for kill in (lambda: os.killpg(group, signal.SIGKILL), lambda: os.kill(child.pid, signal.SIGKILL)):
+            for kill, target in ((os.killpg, group), (os.kill, child.pid)):
                 try:
-                    kill()
+                    kill(target, signal.SIGKILL)
                 except OSError:
                     pass
             try:

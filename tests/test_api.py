@@ -213,3 +213,14 @@ def test_api_keys_and_roles(make_server):
     status = srv.client.get(f"/status/{task['task_id']}", headers=viewer).json()
     assert status["requested_by"]["role"] == "operator" and status["requested_by"]["name"] == "ops"
     assert "o-key" not in srv.task_file(task["task_id"])
+
+
+def test_capacity_changes_at_run_time_only_in_scale_out_mode(server: Server):
+    response = server.client.post("/capacity", json={"max_concurrent_tasks": 7})
+    if server.env.get("ETL_BACKEND") == "celery":
+        assert response.status_code == 200 and response.json() == {"max_concurrent_tasks": 7}
+        assert server.client.get("/stats").json()["capacity"]["max_concurrent_tasks"] == 7
+        server.client.post("/capacity", json={"max_concurrent_tasks": 25})
+    else:
+        assert response.status_code == 409 and "ETL_BACKEND=celery" in response.json()["detail"]
+    assert server.client.post("/capacity", json={"max_concurrent_tasks": "many"}).status_code == 422

@@ -177,7 +177,7 @@ def test_must_hold_3_stop_from_any_api_process_over_10_trials(cluster: Cluster):
         while _alive(pids) and time.monotonic() - asked < 1.0:
             time.sleep(0.02)
         assert not _alive(pids)
-    print("stop to stopped, 10 trials: max %.3f s" % max(took))
+    print(f"stop to stopped, 10 trials: max {max(took):.3f} s")
     assert max(took) <= 1.0, took
 
 
@@ -373,3 +373,84 @@ def test_must_hold_7_and_9_files_follow_cleanup_reconciles_and_long_tasks_run_on
         api.stop()
         host.stop()
         store.stop()
+
+
+@pytest.fixture
+def redis_store(tmp_path: Path) -> Iterator:
+    """The Redis store on a private redis-server, in this process (no worker: dispatches are recorded)."""
+    from api.store.redis import RedisStore
+
+    server = RedisServer(tmp_path / "redis").start()
+    store = RedisStore(server.url, tmp_path / "st", tmp_path / "st" / "runs", tmp_path / "st" / "out",
+                       ttl_seconds=3600, max_running=2, max_queued=2, worker_lost_after_seconds=3, lease_seconds=3)
+    store.open()
+    store.dispatched = []
+    store.dispatch = lambda task_id, token: store.dispatched.append((task_id, token))
+    yield store
+    store.close()
+    server.stop()
+
+
+def _new(step: str = "diag_noop"):
+    from api.task import Task, TaskStatus, new_task_id, now_iso
+
+    return Task(task_id=new_task_id(), step_name=step, status=TaskStatus.QUEUED, created_at=now_iso())
+
+
+def test_redis_store_admission_idempotency_rate_and_queue_limit(redis_store):
+    from api.errors import Conflict, QueueFull, RateLimited
+    from api.workers import WorkerInfo
+
+    me = WorkerInfo.this_process()
+    first, replayed = redis_store.submit(_new(), me, ("key-1", "request-a"))
+    assert first.status.value == "running" and not replayed and len(redis_store.dispatched) == 1
+    again, replayed = redis_store.submit(_new(), me, ("key-1", "request-a"))
+    assert replayed and again.task_id == first.task_id and len(redis_store.dispatched) == 1
+    with pytest.raises(Conflict):
+        redis_store.submit(_new(), me, ("key-1", "request-b"))
+    states = [redis_store.submit(_new("diag_sleep"), me, None)[0].status.value for _ in range(3)]
+    assert states == ["running", "queued", "queued"]
+    with pytest.raises(QueueFull):
+        redis_store.submit(_new(), me, None)
+    assert (redis_store.live_running(), redis_store.queued_count()) == (2, 2)
+    redis_store.set_max_running(10)  # the live cap: the next admission sees it
+    assert redis_store.claim_next() is not None and redis_store.claim_next() is not None
+    assert redis_store.queued_count() == 0
+    redis_store.submit(_new(), me, None, rate=("alice", 2))
+    redis_store.submit(_new(), me, None, rate=("alice", 2))
+    with pytest.raises(RateLimited):
+        redis_store.submit(_new(), me, None, rate=("alice", 2))
+
+
+def test_redis_store_fencing_listing_and_counters(redis_store):
+    from api.task import TaskStatus
+    from api.workers import WorkerInfo
+
+    me = WorkerInfo.this_process()
+    ids = [redis_store.submit(_new("diag_sleep" if n % 2 else "diag_noop"), me, None)[0].task_id for n in range(4)]
+    task_id, token = redis_store.dispatched[0]
+    worker = WorkerInfo(id=f"host:1:t{token}", host="host", pid=1)
+    assert redis_store.claim(task_id, token, worker).worker["id"] == worker.id
+    assert redis_store.claim(task_id, token, worker) is None  # a redelivered message
+    assert redis_store.claim(*redis_store.dispatched[1][:1], "999", worker) is None  # a stale token
+    assert redis_store.renew(task_id, worker.id) == "ok" and redis_store.renew(task_id, "someone") == "lost"
+    redis_store.request_stop(task_id, None)
+    assert redis_store.control([task_id], worker.id) == {task_id: "stop"}
+    assert redis_store.finish(task_id, TaskStatus.COMPLETED, "done", owner="someone").status is TaskStatus.RUNNING
+    assert redis_store.finish(task_id, TaskStatus.STOPPED, "stopped", owner=worker.id).status is TaskStatus.STOPPED
+    assert redis_store.renew(task_id, worker.id) == "lost"
+    assert redis_store.claim_next() is not None  # the slot it freed goes to the head of the queue
+    assert redis_store.dispatched[-1][0] == ids[2]
+    page, cursor = redis_store.list_tasks(status=None, step=None, limit=3, cursor=None)
+    assert [t.task_id for t in page] == ids[::-1][:3] and cursor == ids[1]
+    rest, cursor = redis_store.list_tasks(status=None, step=None, limit=3, cursor=cursor)
+    assert [t.task_id for t in rest] == [ids[0]] and cursor is None
+    sleeps, _ = redis_store.list_tasks(status=TaskStatus.QUEUED, step="diag_sleep", limit=10, cursor=None)
+    assert [t.task_id for t in sleeps] == [ids[3]]
+    counts = redis_store.counters()
+    assert counts.by_status() == {"queued": 1, "running": 2, "completed": 0, "failed": 0, "stopped": 1}
+    assert counts.data["submitted"] == {"diag_noop": 2, "diag_sleep": 2}
+    assert counts.data["started_by"] == {"host:1": 1}
+    assert redis_store.acquire_lease("cleanup", "a", 5) and not redis_store.acquire_lease("cleanup", "b", 5)
+    redis_store.release_lease("cleanup", "a")
+    assert redis_store.acquire_lease("cleanup", "b", 5)

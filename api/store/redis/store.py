@@ -17,7 +17,13 @@ from typing import Any
 
 import redis
 
-from api.errors import Conflict, QueueFull, RateLimited, StorageUnavailable, TaskNotFound
+from api.errors import (
+    Conflict,
+    QueueFull,
+    RateLimited,
+    StorageUnavailable,
+    TaskNotFound,
+)
 from api.store.counters import Counters
 from api.store.files import StoragePaths
 from api.store.redis import records as R
@@ -347,7 +353,7 @@ class RedisStore(RedisExtras):
             if task.status is TaskStatus.QUEUED or (task.status is TaskStatus.RUNNING and not task.worker):
                 queued = task.status is TaskStatus.QUEUED
 
-                def stop_now(t: Task) -> bool:
+                def stop_now(t: Task, queued: bool = queued) -> bool:
                     if t.status.terminal or t.worker:
                         return False
                     t.stopped_by, t.stop_requested = by, True
