@@ -25,7 +25,7 @@ from celery import Celery, signals
 
 from api.errors import StorageUnavailable
 from api.settings import Settings, get_settings
-from api.task import Task, TaskStatus, mask_secrets
+from api.task import Task, TaskStatus
 from api.workers import HOSTNAME, WorkerInfo
 from etl import registry, runtime, secrets
 from etl.errors import StepStopped
@@ -201,7 +201,7 @@ class Execution:
         self.task_id, self.token = task_id, token
         self.worker = WorkerInfo(id=f"{HOSTNAME}:{os.getpid()}:t{token}", host=HOSTNAME, pid=os.getpid())
         self.outcome: tuple[TaskStatus, str, Any, dict[str, Any] | None] | None = None
-        self.log_sent = 0
+        self.log_offset = 0  # bytes of the local log file already sent to Redis
 
     def run(self) -> None:
         task = self._claim()
@@ -238,13 +238,17 @@ class Execution:
             logger.info("task %s: step %s started on worker %s", task.task_id, task.step_name, self.worker.id)
             try:
                 step = registry.get_step(task.step_name, include_diagnostic=True)
-                params = step.params_model.model_validate(secrets.resolve(task.params))
+                # ${secret:name} references are resolved here, only in fields declared to carry them.
+                params = secrets.resolve_declared(step.params_model.model_validate(task.params))
                 result = step.run(params)
                 status, reason = TaskStatus.COMPLETED, "the step finished"
             except StepStopped as exc:
                 if context.stop_reason == "timeout":
                     reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s"
                     error = {"type": "Timeout", "message": reason, "traceback": None}
+                elif context.stop_reason == "lost":
+                    # Fenced: the store refuses this end; the reaper's verdict stands.
+                    status, reason = TaskStatus.STOPPED, "this worker no longer owns the task"
                 else:
                     status, reason = TaskStatus.STOPPED, f"stopped on request ({exc})"
             except Exception as exc:
@@ -255,19 +259,22 @@ class Execution:
             logger.info("task %s: %s", task.task_id, status.value)
         context.close_log()
         if result is not None:
-            result = secrets.mask_values(mask_secrets(result))
+            result = secrets.mask_values(result)  # resolved values only: result keys are data
         self.outcome = (status, reason, result, error)
 
-    def _ship_logs(self, context: runtime.TaskContext) -> None:
+    def _ship_logs(self, context: runtime.TaskContext, final: bool = False) -> None:
+        """Send the log lines written since the last call to Redis (whole lines; the rest at the end)."""
         try:
-            with open(context.log_file, encoding="utf-8", errors="replace") as log:
-                lines = log.read().splitlines()
+            with open(context.log_file, "rb") as log:
+                log.seek(self.log_offset)
+                chunk = log.read()
         except (FileNotFoundError, TypeError):
             return
-        fresh = lines[self.log_sent:]
-        if fresh:
-            self.store.append_log(self.task_id, fresh, MAX_LOG_LINES)
-            self.log_sent = len(lines)
+        if not final:
+            chunk = chunk[: chunk.rfind(b"\n") + 1]
+        if chunk:
+            self.store.append_log(self.task_id, chunk.decode("utf-8", errors="replace").splitlines(), MAX_LOG_LINES)
+            self.log_offset += len(chunk)
 
     def _watch(self, thread: threading.Thread, context: runtime.TaskContext) -> None:
         started = time.monotonic()
@@ -280,8 +287,15 @@ class Execution:
             try:
                 order = self.store.renew(self.task_id, self.worker.id)
                 last_renewed = now
+                if order != "lost":
+                    # Checkpoints pass until the lease would run out (a paused process finds it
+                    # expired at its next checkpoint, before any renewal).
+                    context.owned_until = now + self.store.lease_seconds
             except StorageUnavailable:
-                order = "ok"  # Redis is away: keep running; the reaper waits for Redis to be back
+                # Redis is away: keep running (the reaper waits for Redis to be back), and let
+                # checkpoints pass; the fenced finish still refuses an end if the lease is lost.
+                order = "ok"
+                context.owned_until = None
             if order == "lost" or now - last_renewed > 10 * self.store.lease_seconds:
                 logger.warning("task %s: this worker no longer owns it; aborting the step", self.task_id)
                 self._abort(thread, context, "lost")
@@ -304,14 +318,14 @@ class Execution:
                     return
             if context.changed.is_set() and now - last_flush >= PROGRESS_FLUSH_SECONDS:
                 last_flush = now
+                context.changed.clear()  # before reading: a line written meanwhile sets it again
                 try:
                     self._ship_logs(context)
                     self.store.save_progress(self.task_id, context.progress, context.message,
                                              list(context.log_tail), context.log_lines, list(context.artifacts),
                                              owner=self.worker.id)
-                    context.changed.clear()
                 except StorageUnavailable:
-                    pass  # Redis is away: the step goes on, progress is sent once it is back
+                    context.changed.set()  # Redis is away: the step goes on, progress is sent once it is back
         if self.outcome is not None:
             self._record(*self.outcome, context)
 
@@ -326,7 +340,7 @@ class Execution:
         deadline = time.monotonic() + 120
         while True:
             try:
-                self._ship_logs(context)
+                self._ship_logs(context, final=True)
                 task = self.store.finish(self.task_id, status, reason, result=result, error=error, extra=extra,
                                          owner=self.worker.id)
                 if task is not None and task.status is not status:

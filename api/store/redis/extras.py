@@ -79,8 +79,9 @@ class RedisExtras:
         with self._guarded():
             return int(self.r.info("memory").get("used_memory", 0))
 
-    def read_log(self: RedisStore, task_id: str, since: int, limit: int) -> list[str]:
-        """Log lines after line ``since`` (held in Redis, so no shared filesystem is needed)."""
+    def read_log(self: RedisStore, task_id: str, since: int, limit: int, include_partial: bool = True) -> list[str]:
+        """Log lines after line ``since`` (held in Redis, so no shared filesystem is needed; the
+        worker ships whole lines only, so there is never a partial one)."""
         with self._guarded():
             return self.r.lrange(R.K_LOG + task_id, since, since + limit - 1)
 
