@@ -187,7 +187,7 @@ def test_a_queued_or_dispatched_task_stopped_never_starts(cluster: Cluster):
     api = cluster.api
     assert api.client.post("/capacity", json={"max_concurrent_tasks": 10}).status_code == 200
     try:
-        busy = [api.run("diag_sleep", seconds=2)["task_id"] for _ in range(8)]
+        busy = [api.run("diag_sleep", seconds=5)["task_id"] for _ in range(8)]  # long enough to see all 8 busy
         deadline = time.monotonic() + 15
         while not all(api.status(i)["worker"] for i in busy):
             assert time.monotonic() < deadline
