@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECONCILE_LEASE_SECONDS = 60.0
+ORPHAN_CLAIM_SECONDS = 5.0
 BAD_FILES_REPORTED = 20
 UNKNOWN_DETAIL = ("Redis holds no record of this task (its data was lost, or another host removed it); "
                   "this file is the only record left")
@@ -339,23 +340,31 @@ class FileMirror:
         with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
             r.xgroup_create(R.K_CHANGES, self.group, id="0", mkstream=True)
 
+    def _write(self, r: redis.Redis, entries: list[tuple[str, dict[str, str]]]) -> None:
+        for task_id in dict.fromkeys(fields.get("id", "") for _, fields in entries):
+            if is_task_id(task_id):
+                self.store.write_file(task_id)
+        if entries:
+            r.xack(R.K_CHANGES, self.group, *[entry_id for entry_id, _ in entries])
+
     def _run(self) -> None:
         r: redis.Redis | None = None
+        last_claim = 0.0
         while not self._stop.is_set():
             try:
                 if r is None:
                     r = redis.Redis.from_url(self.store.url, decode_responses=True, socket_connect_timeout=1.0,
                                              socket_timeout=5.0)
                     self._ensure_group(r)
+                if time.monotonic() - last_claim > ORPHAN_CLAIM_SECONDS:
+                    # Changes a process of this host took but never wrote (it was killed): take them over.
+                    last_claim = time.monotonic()
+                    claimed = r.xautoclaim(R.K_CHANGES, self.group, self.consumer,
+                                           min_idle_time=int(ORPHAN_CLAIM_SECONDS * 1000), start_id="0-0", count=500)
+                    self._write(r, [entry for entry in claimed[1] if entry and entry[1] is not None])
                 reply = r.xreadgroup(self.group, self.consumer, {R.K_CHANGES: ">"}, count=200, block=500)
                 for _, entries in reply or []:
-                    ids = {}
-                    for entry_id, fields in entries:
-                        ids[fields.get("id", "")] = entry_id
-                    for task_id in ids:
-                        if is_task_id(task_id):
-                            self.store.write_file(task_id)
-                    r.xack(R.K_CHANGES, self.group, *[entry_id for entry_id, _ in entries])
+                    self._write(r, entries)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc) and r is not None:
                     self._ensure_group(r)
