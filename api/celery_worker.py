@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -91,8 +92,18 @@ def _init_worker_host(**_: Any) -> None:
     -9, OOM). Pool processes share this process's group; step subprocesses run in their own
     session (etl.process), so any child outside this group is an orphan of a dead step.
     """
+    global _draining
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     threading.Thread(target=_kill_orphans, name="etl-orphans", daemon=True).start()
+    # Created before the pool forks, so every pool process (also a replacement) shares it.
+    _draining = multiprocessing.Event()
+
+
+@signals.worker_shutting_down.connect
+def _drain(**_: Any) -> None:
+    """SIGTERM on the host: running steps are asked to stop (as the local runner does on shutdown)."""
+    if _draining is not None:
+        _draining.set()
 
 
 def _kill_orphans() -> None:
@@ -169,6 +180,7 @@ class WorkerHost:
 
 
 _host: WorkerHost | None = None
+_draining: Any = None  # set when the host shuts down (multiprocessing.Event, shared with the pool)
 
 
 @signals.worker_process_init.connect
@@ -246,6 +258,8 @@ class Execution:
                 if context.stop_reason == "timeout":
                     reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s"
                     error = {"type": "Timeout", "message": reason, "traceback": None}
+                elif context.stop_reason == "shutdown":
+                    status, reason = TaskStatus.STOPPED, "stopped because the worker host shut down"
                 elif context.stop_reason == "lost":
                     # Fenced: the store refuses this end; the reaper's verdict stands.
                     status, reason = TaskStatus.STOPPED, "this worker no longer owns the task"
@@ -305,6 +319,9 @@ class Execution:
                 # On its own thread: killing a subprocess tree may wait for it, and this loop
                 # records the end as soon as the step returns.
                 threading.Thread(target=context.request_stop, args=("request",), daemon=True).start()
+            if _draining is not None and _draining.is_set() and not context.stop_event.is_set():
+                logger.info("task %s: the worker host is shutting down; stopping the step", self.task_id)
+                threading.Thread(target=context.request_stop, args=("shutdown",), daemon=True).start()
             if not context.stop_event.is_set() and now - started > self.settings.task_timeout_seconds:
                 context.request_stop("timeout")
             if context.stop_event.is_set():

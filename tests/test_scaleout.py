@@ -380,6 +380,14 @@ def test_must_hold_7_and_9_files_follow_cleanup_reconciles_and_long_tasks_run_on
         assert json.loads(stray.read_text(encoding="utf-8"))["unknown_to_redis"]["detail"]
         warnings = api.client.get("/health").json()["warnings"]
         assert any(stray.name in warning for warning in warnings), warnings
+        # SIGTERM on a worker host stops its running steps, records it, and the host exits.
+        task = api.run("diag_sleep", seconds=30)
+        while not api.status(task["task_id"])["worker"]:
+            time.sleep(0.05)
+        host.proc.send_signal(signal.SIGTERM)
+        final = api.wait_for(task["task_id"], timeout=5)
+        assert final["status"] == "stopped" and "worker host shut down" in final["message"]
+        assert host.proc.wait(10) == 0
     finally:
         api.stop()
         host.stop()
