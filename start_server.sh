@@ -3,6 +3,7 @@
 # Every setting comes from ETL_* variables or a .env file next to this script (see README).
 #   ./start_server.sh                 set up if needed, then serve
 #   ./start_server.sh --install-only  set up (or update) .venv and exit
+#   ./start_server.sh worker [...]    a Celery worker host (ETL_BACKEND=celery; python -m api worker)
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -44,5 +45,9 @@ install() {
 install
 if [ "${1:-}" = "--install-only" ]; then
   exit 0
+fi
+if [ "${1:-}" = "worker" ]; then
+  shift
+  exec "$VENV/bin/python" -m api worker "$@"
 fi
 exec "$VENV/bin/python" -m gunicorn -c gunicorn.conf.py

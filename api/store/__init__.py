@@ -1,6 +1,7 @@
 """The store: the one seam through which every piece of shared task state passes.
 
-``TaskStore`` (local.py) keeps it in diskcache plus one JSON file per task. Routes, the
+``TaskStore`` (local.py) keeps it in diskcache plus one JSON file per task; ``RedisStore``
+(redis/, ETL_BACKEND=celery) keeps it in Redis, with the same verbs. Routes, the
 runner, the scheduler and the monitor use only its named verbs: submit, claim_next, finish,
 request_stop, control, save_progress, read_log, wait_change, heartbeat, reap_lost,
 leases, cleanup state, listing and counters, the change feed (events_after, last_event_id,
