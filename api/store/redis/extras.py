@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import redis
 from api.errors import StorageUnavailable
 from api.store.cleanup import HISTORY_RUNS, Cleanup
 from api.store.counters import Counters
+from api.store.events import EVENT_LOG_SIZE
 from api.store.files import write_json_atomic
 from api.store.redis import records as R
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
@@ -110,6 +112,44 @@ class RedisExtras:
             raise StorageUnavailable(f"The task store (Redis) cannot be reached: {exc}.") from exc
         except redis.RedisError as exc:
             raise StorageUnavailable(f"The task store (Redis) refused the request: {exc}.") from exc
+
+    # --- the change feed (GET /events), the session secret, log files ---------------------
+
+    def last_event_id(self: RedisStore) -> int:
+        with self._guarded():
+            return int(self.r.get(R.PREFIX + "event_seq") or 0)
+
+    def first_event_id(self: RedisStore) -> int:
+        last = self.last_event_id()
+        return max(1, last - EVENT_LOG_SIZE + 1) if last else 0
+
+    def events_after(self: RedisStore, task_id: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events with an id above ``after``, oldest first; only ``task_id``'s if given."""
+        last = self.last_event_id()
+        seq = max(after, last - EVENT_LOG_SIZE)
+        found: list[dict[str, Any]] = []
+        with self._guarded():
+            while seq < last and len(found) < limit:
+                wanted = range(seq + 1, min(last, seq + 500) + 1)
+                rows = self.r.mget([f"{R.PREFIX}event:{n % EVENT_LOG_SIZE}" for n in wanted])
+                for n, raw in zip(wanted, rows):
+                    event = orjson.loads(raw) if raw else None
+                    if event is not None and event.get("id") == n and (task_id is None or event["task_id"] == task_id):
+                        found.append(event)
+                        if len(found) >= limit:
+                            break
+                seq = wanted[-1]
+        return found
+
+    def session_secret(self: RedisStore) -> bytes:
+        """Shared by every API host (a dashboard login works whichever host answers)."""
+        with self._guarded():
+            self.r.set(R.PREFIX + "session_secret", secrets.token_hex(32), nx=True)
+            return bytes.fromhex(self.r.get(R.PREFIX + "session_secret"))
+
+    def log_path(self: RedisStore, task_id: str) -> None:
+        """No log file on the API hosts: the lines are in Redis (GET /logs)."""
+        return None
 
     # --- workers -------------------------------------------------------------------------
 

@@ -36,8 +36,19 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+EVENT_SENTINEL = -7305620094812345  # replaced by the event id in the script that stores the record
+
+
 def encode(task: Task) -> str:
     return dumps(task.to_dict())
+
+
+def encode_for_feed(task: Task) -> str:
+    """The record with ``event_id`` last and a sentinel value, for a script that assigns the id."""
+    data = task.to_dict()
+    data.pop("event_id", None)
+    data["event_id"] = EVENT_SENTINEL
+    return dumps(data)
 
 
 def decode(raw: str | bytes) -> Task:

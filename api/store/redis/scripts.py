@@ -20,11 +20,22 @@ end
 local function changed(id, rev)
   redis.call('XADD', P .. 'changes', 'MAXLEN', '~', '100000', '*', 'id', id, 'rev', rev)
 end
+-- The change feed (GET /events): a ring of numbered rows; the task record gets its event id,
+-- put in place of the sentinel that ends its JSON (records.EVENT_SENTINEL).
+local SENTINEL = '"event_id":-7305620094812345}'
+local function feed(event, record)
+  local seq = redis.call('INCR', P .. 'event_seq')
+  redis.call('SET', P .. 'event:' .. (seq % 20000), '{"id":' .. seq .. ',' .. string.sub(event, 2))
+  if string.sub(record, -#SENTINEL) == SENTINEL then
+    record = string.sub(record, 1, -#SENTINEL - 1) .. '"event_id":' .. seq .. '}'
+  end
+  return seq, record
+end
 """
 
 # ARGV: id, step, rev, json_run, json_queued, deltas_run, deltas_queued, max_queued, default_cap,
-#       dispatch_ms, idem_key, fingerprint, idem_json, rate_bucket, rate_per_minute
-# -> {'run', token} | {'queue'} | {'full', queued} | {'replay', json} | {'conflict', id} | {'rate', wait_s}
+#       dispatch_ms, idem_key, fingerprint, idem_json, rate_bucket, rate_per_minute, event_run, event_queued
+# -> {'run', token, event id} | {'queue', '', event id} | {'full', queued} | {'replay', json} | {'conflict', id} | {'rate', wait_s}
 SUBMIT = _PROLOGUE + """
 local id, step, rev = ARGV[1], ARGV[2], ARGV[3]
 if ARGV[11] ~= '' then
@@ -57,16 +68,18 @@ if queued == 0 and running < cap then
   local token = redis.call('INCR', P .. 'fence')
   redis.call('HSET', P .. 'run:' .. id, 'token', token)
   redis.call('ZADD', P .. 'running', now_ms + tonumber(ARGV[10]), id)
-  redis.call('HSET', P .. 'task:' .. id, 'json', ARGV[4], 'rev', rev)
+  local seq, record = feed(ARGV[16], ARGV[4])
+  redis.call('HSET', P .. 'task:' .. id, 'json', record, 'rev', rev)
   redis.call('ZADD', P .. 'status:running', 0, id)
   add_counts(ARGV[6])
-  answer = {'run', tostring(token)}
+  answer = {'run', tostring(token), tostring(seq)}
 elseif queued < tonumber(ARGV[8]) then
   redis.call('RPUSH', P .. 'queue', id)
-  redis.call('HSET', P .. 'task:' .. id, 'json', ARGV[5], 'rev', rev)
+  local seq, record = feed(ARGV[17], ARGV[5])
+  redis.call('HSET', P .. 'task:' .. id, 'json', record, 'rev', rev)
   redis.call('ZADD', P .. 'status:queued', 0, id)
   add_counts(ARGV[7])
-  answer = {'queue'}
+  answer = {'queue', '', tostring(seq)}
 else
   return {'full', tostring(queued)}
 end
@@ -78,11 +91,11 @@ return answer
 """
 
 # ARGV: id, expected_rev, new_rev, json, old_status, new_status, step, guard, guard_value, flags,
-#       owner, lease_ms, expires_epoch_s, deltas, stop_json
+#       owner, lease_ms, expires_epoch_s, deltas, stop_json, event_json
 # guard: '' | 'owner' (run owner == value) | 'token' (run token == value, no owner yet)
 #        | 'unclaimed' (dispatched, no owner) | 'expired' (lease passed, owner == value)
 # flags: 'S' set the stop flag, 'Q' leave the queue, 'C' claim (owner := owner, lease renewed)
-# -> new rev | 0 (rev moved: reload and retry) | -1 (guard refused)
+# -> {new rev, event id} | 0 (rev moved: reload and retry) | -1 (guard refused)
 COMMIT = _PROLOGUE + """
 local id = ARGV[1]
 local tkey = P .. 'task:' .. id
@@ -100,7 +113,8 @@ if guard ~= '' then
     if not score or tonumber(score) > now_ms or (run[2] or '') ~= value then return -1 end
   end
 end
-redis.call('HSET', tkey, 'json', ARGV[4], 'rev', ARGV[3])
+local seq, record = feed(ARGV[16], ARGV[4])
+redis.call('HSET', tkey, 'json', record, 'rev', ARGV[3])
 local old, new = ARGV[5], ARGV[6]
 if old ~= new then
   redis.call('ZREM', P .. 'status:' .. old, id)
@@ -121,7 +135,7 @@ if new == 'completed' or new == 'failed' or new == 'stopped' then
 end
 add_counts(ARGV[14])
 changed(id, ARGV[3])
-return tonumber(ARGV[3])
+return {tonumber(ARGV[3]), seq}
 """
 
 # A slot for the head of the queue. ARGV: default_cap, dispatch_ms -> {id, token} | false

@@ -25,10 +25,12 @@ from api.errors import (
     TaskNotFound,
 )
 from api.store.counters import Counters
+from api.store.events import event_of
 from api.store.files import StoragePaths
 from api.store.redis import records as R
 from api.store.redis import scripts
 from api.store.redis.extras import RedisExtras
+from api.store.watch import TaskWatch
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import WorkerInfo
 
@@ -75,6 +77,9 @@ class RedisStore(RedisExtras):
         self._r: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._mirror = None
+        # Wakes this process's long-polls and event streams at once on its own commits; changes made
+        # elsewhere are found by polling Redis.
+        self.watch = TaskWatch()
 
     # --- opening -------------------------------------------------------------------------
 
@@ -185,16 +190,21 @@ class RedisStore(RedisExtras):
                 return None, False
             task = R.decode(raw[0])
             previous = task.status
+            history_before = len(task.history)
             if not change(task):
                 return task, False
             task.rev = int(raw[1]) + 1
             expires = math.ceil(parse_iso(task.expires_at)) if task.status.terminal and task.expires_at else 0
-            done = self._run("COMMIT", task_id, raw[1], task.rev, R.encode(task), previous.value, task.status.value,
-                             task.step_name, guard, value, flags, owner, int(self.lease_seconds * 1000), expires,
-                             self._deltas(task, previous, started), R.dumps(stop))
+            kind = "status" if previous is not task.status or len(task.history) > history_before else "progress"
+            done = self._run("COMMIT", task_id, raw[1], task.rev, R.encode_for_feed(task), previous.value,
+                             task.status.value, task.step_name, guard, value, flags, owner,
+                             int(self.lease_seconds * 1000), expires, self._deltas(task, previous, started),
+                             R.dumps(stop), R.dumps(event_of(task, kind)))
             if done == -1:
                 return self._load(task_id), False
             if done:
+                task.event_id = int(done[1])
+                self.watch.changed(task_id)
                 return task, True
         raise StorageUnavailable("The task changed too often to be updated; retry.")
 
@@ -225,10 +235,11 @@ class RedisStore(RedisExtras):
         running.transition(TaskStatus.RUNNING, "dispatched: a slot was free", self.ttl_seconds)
         key, fingerprint = idempotency or ("", "")
         bucket, per_minute = rate or ("", 0)
-        answer = self._run("SUBMIT", task.task_id, task.step_name, 1, R.encode(running), R.encode(queued),
-                           self._deltas(running, None), self._deltas(queued, None), self.max_queued,
-                           self.default_cap, int(self.dispatch_seconds * 1000), key, fingerprint,
-                           R.dumps({"task_id": task.task_id, "fingerprint": fingerprint}), bucket, per_minute)
+        answer = self._run("SUBMIT", task.task_id, task.step_name, 1, R.encode_for_feed(running),
+                           R.encode_for_feed(queued), self._deltas(running, None), self._deltas(queued, None),
+                           self.max_queued, self.default_cap, int(self.dispatch_seconds * 1000), key, fingerprint,
+                           R.dumps({"task_id": task.task_id, "fingerprint": fingerprint}), bucket, per_minute,
+                           R.dumps(event_of(running, "status")), R.dumps(event_of(queued, "status")))
         kind = answer[0]
         if kind == "replay":
             return R.decode(answer[1]), True
@@ -241,9 +252,12 @@ class RedisStore(RedisExtras):
         if kind == "full":
             raise QueueFull(f"The queue is full ({answer[1]} tasks waiting, limit {self.max_queued}); retry later.",
                             retry_after_seconds=QUEUE_FULL_RETRY_SECONDS)
+        self.watch.changed(task.task_id)
         if kind == "run":
+            running.event_id = int(answer[2])
             self._dispatch(task.task_id, answer[1])
             return running, False
+        queued.event_id = int(answer[2])
         return queued, False
 
     def _dispatch(self, task_id: str, token: str) -> None:
