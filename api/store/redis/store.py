@@ -30,6 +30,7 @@ from api.store.files import StoragePaths
 from api.store.redis import records as R
 from api.store.redis import scripts
 from api.store.redis.extras import RedisExtras
+from api.store.redis.pending import PendingInRedis
 from api.store.watch import TaskWatch
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import WorkerInfo
@@ -56,7 +57,7 @@ def _translated(method: Callable) -> Callable:
     return call
 
 
-class RedisStore(RedisExtras):
+class RedisStore(RedisExtras, PendingInRedis):
     """All task state shared between API hosts and worker hosts, in Redis."""
 
     def __init__(self, url: str, root: Any, work_root: Any, output_root: Any, *, ttl_seconds: float,
