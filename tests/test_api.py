@@ -224,3 +224,14 @@ def test_capacity_changes_at_run_time_only_in_scale_out_mode(server: Server):
     else:
         assert response.status_code == 409 and "ETL_BACKEND=celery" in response.json()["detail"]
     assert server.client.post("/capacity", json={"max_concurrent_tasks": "many"}).status_code == 422
+
+
+def test_orchestration_without_a_redis_side_is_a_clear_409_in_scale_out_mode(server: Server):
+    if server.env.get("ETL_BACKEND") != "celery":
+        pytest.skip("local mode has pipelines and schedules (their own tests)")
+    schedule = {"id": "nightly", "step": "diag_noop", "cron": "0 3 * * *"}
+    for method, path, body in (("post", "/schedules", schedule), ("put", "/keys/portal", {"limit": 2})):
+        response = getattr(server.client, method)(path, json=body)
+        assert response.status_code == 409, response.text
+        assert "ETL_BACKEND=celery" in response.json()["detail"]
+    assert server.client.get("/schedules").status_code == 200
