@@ -146,7 +146,7 @@ def parse_task_cursor(value: str | None) -> tuple[int, int] | None:
     if not value:
         return None
     seq, _, line = value.strip().partition("-")
-    if not (seq.isdigit() and line.isdigit()):
+    if not (seq.isascii() and seq.isdecimal() and line.isascii() and line.isdecimal()):
         raise BadRequest("Last-Event-ID must be an id this stream sent (<event>-<line>).")
     return int(seq), int(line)
 
@@ -154,7 +154,7 @@ def parse_task_cursor(value: str | None) -> tuple[int, int] | None:
 def parse_feed_cursor(value: str | None) -> int | None:
     if not value:
         return None
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdecimal()):
         raise BadRequest("Last-Event-ID must be an id this stream sent (a number).")
     return int(value)
 

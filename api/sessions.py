@@ -81,9 +81,9 @@ class Sessions:
         encoded, _, signature = value.partition(".")
         try:
             payload = _unb64(encoded)
-            valid = hmac.compare_digest(self._sign(payload), signature)
+            valid = hmac.compare_digest(self._sign(payload).encode(), signature.encode())
             data = json.loads(payload) if valid else None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeError, TypeError):
             data = None
         if not isinstance(data, dict) or not {"r", "n", "e", "c"} <= data.keys():
             raise Unauthorized("The session cookie is not valid; log in again.")

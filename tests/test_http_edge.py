@@ -374,3 +374,26 @@ def test_15_every_route_with_a_body_parses_it_strictly():
     assert routes, "no route takes a body?"
     loose = [r.path for r in routes if not isinstance(r, StrictJsonRoute)]
     assert not loose, f"routes parsing bodies with the lenient parser: {loose}; use APIRouter(route_class=StrictJsonRoute)"
+
+
+def test_a_cookie_or_event_cursor_with_odd_characters_is_a_clear_4xx_not_a_500():
+    """A non-ASCII session signature made hmac raise TypeError; '²' passed isdigit() but not int()."""
+    from starlette.requests import Request
+
+    from api.auth import KeyRing
+    from api.errors import BadRequest, Unauthorized
+    from api.events import parse_feed_cursor, parse_task_cursor
+    from api.sessions import Sessions
+
+    sessions = Sessions(b"k" * 32, KeyRing.from_settings(__import__("api.settings", fromlist=["Settings"])
+                                                         .Settings.model_construct(api_keys="", api_keys_file=None)),
+                        3600)
+    scope = {"type": "http", "headers": [(b"cookie", "etl_session=abc.é".encode("latin-1"))]}
+    with pytest.raises(Unauthorized):
+        sessions.read(Request(scope))
+    for bad in ("²", "1-²", "x-1"):
+        with pytest.raises(BadRequest):
+            parse_task_cursor(bad)
+    with pytest.raises(BadRequest):
+        parse_feed_cursor("²")
+    assert parse_task_cursor("12-3") == (12, 3) and parse_feed_cursor("7") == 7

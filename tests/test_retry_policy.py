@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+
+import pytest
 from zoneinfo import ZoneInfo
 
 from api.orchestration.retries import RetryPolicy, decide
@@ -58,3 +60,13 @@ def test_a_policy_may_name_a_base_class_of_the_error():
     error = {"type": "QuotaExceeded", "kinds": ["QuotaExceeded", "TransientError", "EtlError"]}
     assert decide(task(1, max_attempts=2), error) is not None, "TransientError is in the default list"
     assert decide(task(1, max_attempts=2, retry_on=["PortalUnavailable"]), error) is None
+
+
+def test_a_policy_with_an_unknown_time_zone_is_refused_when_it_is_read():
+    """Before: it passed validation and raised inside finish(), leaving the task running."""
+    import pydantic
+
+    from api.orchestration.retries import RetryPolicy
+
+    with pytest.raises(pydantic.ValidationError, match="unknown time zone"):
+        RetryPolicy(next_business_day_at="07:00", timezone="Nowhere/Atlantis")

@@ -6,9 +6,9 @@ import datetime as dt
 import random
 import time
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.task import Task
 from etl import calendar
@@ -36,7 +36,16 @@ class RetryPolicy(BaseModel):
         None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
         description="Instead of backing off, try again on the next ANBIMA business day at this time (HH:MM) "
                     "in `timezone` (a portal that publishes once a day).")
-    timezone: str = Field("America/Sao_Paulo", description="Time zone of next_business_day_at.")
+    timezone: str = Field("America/Sao_Paulo", max_length=64, description="Time zone of next_business_day_at.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
     def seconds_to_next_business_day(self, now: float) -> float:
         zone = ZoneInfo(self.timezone)

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from api.errors import Conflict, InvalidParameters, NotFound
-from api.task import Task, now_iso
+from api.task import Task, mask_secrets, now_iso
 from etl import calendar, registry
 from etl.errors import UnknownStep
 
@@ -281,6 +281,7 @@ class Schedules:
 
     def describe(self, record: dict[str, Any], upcoming: int = 5) -> dict[str, Any]:
         view = {k: v for k, v in record.items() if k != "next_due"}
+        view["parameters"] = mask_secrets(record.get("parameters"))
         view["next_runs"] = [] if record.get("paused") else [
             occurrence_key(m) for m in occurrences(record, time.time(), upcoming)]
         view["next_due"] = now_iso(record["next_due"]) if record.get("next_due") else None

@@ -13,7 +13,7 @@ from api.errors import NotFound
 from api.json_body import StrictJsonRoute
 from api.orchestration import definitions, retries
 from api.orchestration.pipelines import InvalidPipeline
-from api.task import now_iso
+from api.task import mask_secrets, now_iso
 
 router = APIRouter(route_class=StrictJsonRoute)
 
@@ -73,7 +73,7 @@ def run_pipeline(name: str, request: Request, services: ServicesDep, identity: O
     client = client_of(request)
     task = services.pipelines.run(name, body.parameters, body.only, identity.as_dict(client))
     services.audit.record("run_pipeline", identity, client, task_id=task.task_id, pipeline=name,
-                          parameters=body.parameters, only=body.only)
+                          parameters=mask_secrets(body.parameters), only=body.only)
     links = _links(request, task.task_id)
     content = {"task_id": task.task_id, "status": task.status.value, "pipeline": name,
                "nodes": {n: {"state": v["state"], "task_id": v["task_id"]} for n, v in task.pipeline["nodes"].items()},

@@ -45,7 +45,12 @@ class Orchestration:
     def _retry_or_list(self: TaskStore, task: Task, reason: str, error: dict[str, Any] | None) -> bool:
         """A failing task: True if it was put back to wait for its next attempt; otherwise it is
         listed as a dead letter (unless a pipeline owns it) and the caller fails it."""
-        delay = self.retry_decider(task, error) if self.retry_decider is not None and error else None
+        try:
+            delay = self.retry_decider(task, error) if self.retry_decider is not None and error else None
+        except Exception:
+            # A policy that cannot decide must never keep the task from ending: no retry.
+            logger.exception("task %s: its retry policy failed; no retry", task.task_id)
+            delay = None
         if delay is None:
             self._list_dead(task, error)
             return False
