@@ -447,3 +447,19 @@ def test_log_reads_seek_to_the_line_asked_and_hold_back_a_line_still_being_writt
     log.write_text("fresh\n", encoding="utf-8")  # replaced (shorter): the index starts again
     assert index.read(log, 0, 10, False) == ["fresh"]
     assert index.read(log, 5, 10, False) == []
+
+
+def test_cleanup_leaves_no_key_of_an_expired_task_behind(tmp_path):
+    """Every index entry of a removed task goes with it (the per-step index leaked before)."""
+    store = _new_store(tmp_path / "s", ttl_seconds=0)
+    store.heartbeat(ME)
+    before = set(store.cache.iterkeys())
+    task, _ = store.submit(_task("rare_step"), ME, ("k", "fp"))
+    store.finish(task.task_id, TaskStatus.COMPLETED, "done")
+    time.sleep(1.1)
+    assert store.expire()["removed"] == 1
+    left = {key for key in store.cache.iterkeys() if task.task_id in key or key.startswith("step:rare_step")}
+    assert left == set(), left
+    assert not store.list_tasks(status=None, step="rare_step", limit=10, cursor=None)[0]
+    assert {k for k in store.cache.iterkeys() if k.startswith(("task:", "status:", "step:"))} <= before
+    store.close()

@@ -21,6 +21,7 @@ from api.store.keys import (
     K_IDEMPOTENCY,
     K_LEASE,
     K_STATUS,
+    K_STEP,
     K_STOP,
     K_TASK,
     K_WORKER,
@@ -84,7 +85,7 @@ class Cleanup:
     def _task_keys(record: dict[str, Any]) -> list[str]:
         task_id = record["task_id"]
         keys = [K_TASK + task_id, f"{K_STATUS}{record['status']}:{task_id}", K_STOP + task_id, K_DIRTY + task_id,
-                K_DEAD + task_id]
+                K_DEAD + task_id, f"{K_STEP}{record['step_name']}:{task_id}"]
         if record.get("idempotency_key"):
             keys.append(K_IDEMPOTENCY + record["idempotency_key"])
         origin = record.get("schedule")
