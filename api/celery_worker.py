@@ -18,18 +18,17 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 import psutil
 from celery import Celery, signals
 
 from api.errors import StorageUnavailable
+from api.runner import execute_step
 from api.settings import Settings, get_settings
 from api.task import Task, TaskStatus
 from api.workers import HOSTNAME, WorkerInfo
 from etl import registry, runtime, secrets
-from etl.errors import StepStopped
 
 logger = logging.getLogger(__name__)
 
@@ -245,32 +244,8 @@ class Execution:
         return None
 
     def _execute(self, task: Task, context: runtime.TaskContext) -> None:
-        status, reason, result, error = TaskStatus.FAILED, "", None, None
-        with runtime.bind(context):
-            logger.info("task %s: step %s started on worker %s", task.task_id, task.step_name, self.worker.id)
-            try:
-                step = registry.get_step(task.step_name, include_diagnostic=True)
-                # ${secret:name} references are resolved here, only in fields declared to carry them.
-                params = secrets.resolve_declared(step.params_model.model_validate(task.params))
-                result = step.run(params)
-                status, reason = TaskStatus.COMPLETED, "the step finished"
-            except StepStopped as exc:
-                if context.stop_reason == "timeout":
-                    reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s"
-                    error = {"type": "Timeout", "message": reason, "traceback": None}
-                elif context.stop_reason == "shutdown":
-                    status, reason = TaskStatus.STOPPED, "stopped because the worker host shut down"
-                elif context.stop_reason == "lost":
-                    # Fenced: the store refuses this end; the reaper's verdict stands.
-                    status, reason = TaskStatus.STOPPED, "this worker no longer owns the task"
-                else:
-                    status, reason = TaskStatus.STOPPED, f"stopped on request ({exc})"
-            except Exception as exc:
-                reason = f"the step raised {type(exc).__name__}"
-                error = {"type": type(exc).__name__, "message": secrets.mask_text(str(exc)),
-                         "traceback": secrets.mask_text(traceback.format_exc())}
-                logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, error["message"])
-            logger.info("task %s: %s", task.task_id, status.value)
+        status, reason, result, error = execute_step(task, context, self.settings.task_timeout_seconds,
+                                                     "worker host", f"worker {self.worker.id}")
         context.close_log()
         if result is not None:
             result = secrets.mask_values(result)  # resolved values only: result keys are data

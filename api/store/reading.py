@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,19 +105,29 @@ class Reading:
         A change made by this process wakes the wait at once; one made by another worker is found
         by checks that start 2 ms apart and back off to 50 ms.
         """
-        task = self.get(task_id)
-        if task.status.terminal or timeout <= 0:
-            return task
-        seen = (task.status, task.progress, task.stop_requested)
-        deadline = time.monotonic() + timeout
-        pause = WAIT_FIRST_POLL_SECONDS
         with self.watch.watch(task_id) as changed:
-            while (left := deadline - time.monotonic()) > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(pause, left))
-                changed.clear()
-                pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
-                task = self.get(task_id)
-                if (task.status, task.progress, task.stop_requested) != seen:
-                    break
+            return await wait_for_change(self.get, task_id, timeout, changed)
+
+
+async def wait_for_change(get: Callable[[str], Task], task_id: str, timeout: float,
+                          changed: asyncio.Event | None = None) -> Task:
+    """Poll ``get`` with a back-off until the task's state, progress or stop flag changes (or
+    ``timeout`` passes); ``changed``, set by a change made in this process, cuts a pause short."""
+    task = get(task_id)
+    if task.status.terminal or timeout <= 0:
         return task
+    seen = (task.status, task.progress, task.stop_requested)
+    deadline = time.monotonic() + timeout
+    pause = WAIT_FIRST_POLL_SECONDS
+    while (left := deadline - time.monotonic()) > 0:
+        if changed is None:
+            await asyncio.sleep(min(pause, left))
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(pause, left))
+            changed.clear()
+        pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
+        task = get(task_id)
+        if (task.status, task.progress, task.stop_requested) != seen:
+            break
+    return task

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -18,6 +17,7 @@ from api.store.cleanup import HISTORY_RUNS, Cleanup
 from api.store.counters import Counters
 from api.store.events import EVENT_LOG_SIZE
 from api.store.files import write_json_atomic
+from api.store.reading import wait_for_change
 from api.store.redis import records as R
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import HOSTNAME, WorkerInfo
@@ -32,8 +32,6 @@ ORPHAN_CLAIM_SECONDS = 5.0
 BAD_FILES_REPORTED = 20
 UNKNOWN_DETAIL = ("Redis holds no record of this task (its data was lost, or another host removed it); "
                   "this file is the only record left")
-WAIT_FIRST_POLL_SECONDS = 0.002
-WAIT_MAX_POLL_SECONDS = 0.05
 
 
 def _json(raw: str | None) -> Any:
@@ -90,19 +88,7 @@ class RedisExtras:
 
     async def wait_change(self: RedisStore, task_id: str, timeout: float) -> Task:
         """The task once its state, progress or stop flag changes, or after ``timeout`` s (polls, backing off)."""
-        task = self.get(task_id)
-        if task.status.terminal or timeout <= 0:
-            return task
-        seen = (task.status, task.progress, task.stop_requested)
-        deadline = time.monotonic() + timeout
-        pause = WAIT_FIRST_POLL_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
-            task = self.get(task_id)
-            if (task.status, task.progress, task.stop_requested) != seen:
-                break
-        return task
+        return await wait_for_change(self.get, task_id, timeout)
 
     @contextlib.contextmanager
     def _guarded(self: RedisStore):
