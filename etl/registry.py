@@ -15,7 +15,8 @@ from etl.errors import UnknownStep
 
 # Modules whose import registers steps; etl.steps.diag holds the diagnostic ones.
 STEP_MODULES = ("etl.steps.diag", "etl.steps.comp", "etl.steps.workflow", "etl.steps.tables",
-                "etl.steps.fund_files", "etl.steps.operations", "etl.steps.portals", "etl.steps.backoffice")
+                "etl.steps.fund_files", "etl.steps.operations", "etl.steps.portals", "etl.steps.backoffice",
+                "etl.steps.portfolio_pdfs", "etl.steps.fidc_stock")
 
 
 @dataclass(frozen=True)
