@@ -12,6 +12,7 @@ from api.runner import Runner
 from api.settings import Settings
 from api.store import TaskStore, make_store
 from etl import registry
+from tests.scaleout import start_server
 from tests.server import Server
 from tests.steps import SAMPLES
 
@@ -74,17 +75,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator:
-    """Start servers with chosen settings; every one is stopped after the test."""
+    """Start servers with chosen settings (``backend="celery"``: scale-out mode); every one is closed after the test."""
     started: list[Server] = []
 
-    def make(storage: Path | None = None, **settings) -> Server:
-        srv = Server(storage or tmp_path / "task_storage", **settings)
+    def make(storage: Path | None = None, backend: str = "local", **settings) -> Server:
+        srv = start_server(backend, storage or tmp_path / "task_storage", **settings)
         started.append(srv)
-        return srv.start()
+        return srv
 
     yield make
     for srv in started:
-        srv.stop()
+        srv.close()
 
 
 # Markers, so a change can be checked without everything: `tests/run.sh -m "not server"` runs the

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from tests.server import ROOT, Server, free_port
@@ -110,15 +112,68 @@ class WorkerHost:
 
 
 class CeleryServer(Server):
-    """A Server in scale-out mode with its own redis-server and worker host, all stopped with it."""
+    """A Server in scale-out mode with its own redis-server and worker host.
+
+    ``stop``/``start`` stop and start the API only (a restart or crash of the API hosts, while Redis
+    and the worker host go on); ``close`` stops all three.
+    """
 
     def __init__(self, storage: Path, concurrency: int = 4, **settings: Any) -> None:
-        self.redis = RedisServer(storage.parent / "redis").start()
-        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1").start()
+        self.redis = RedisServer(storage.parent / "redis")
+        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1")
         super().__init__(storage, backend="celery", redis_url=self.redis.url, **settings)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
-        code = super().stop(sig, timeout)
-        self.host.stop()
-        self.redis.stop()
-        return code
+    def start(self, timeout: float = 60) -> CeleryServer:
+        if self.redis.proc is None:
+            self.redis.start()
+        if self.host.proc is None:
+            self.host.start()
+        super().start(timeout)
+        return self
+
+    def worker_hosts_ready(self, timeout: float = 60) -> CeleryServer:
+        """Wait until the worker host's pool processes heartbeat (a task submitted before waits for them)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = self.client.get("/stats", headers=self.probe_headers).json()
+            if sum(1 for w in stats["workers"] if w["alive"] and w.get("role") == "worker") >= self.host.concurrency:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"the worker host did not start in {timeout} s:\n{self.host.log_text()[-3000:]}")
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.host.stop()
+            self.redis.stop()
+
+
+BACKENDS = ["local", pytest.param("celery", marks=pytest.mark.skipif(
+    sys.platform != "linux", reason="worker hosts run on Linux only"))]
+
+
+def start_server(backend: str, storage: Path, **settings: Any) -> Server:
+    """A started server in either mode, closed again if it fails to start."""
+    srv = Server(storage, **settings) if backend == "local" else CeleryServer(storage, **settings)
+    try:
+        srv.start()
+        if isinstance(srv, CeleryServer):
+            srv.worker_hosts_ready()
+    except BaseException:
+        srv.close()
+        raise
+    return srv
+
+
+def backend_server(**settings: Any) -> Any:
+    """A module-scoped server fixture run once per backend: the module's tests hold in both modes."""
+
+    @pytest.fixture(scope="module", params=BACKENDS)
+    def fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+        storage = tmp_path_factory.mktemp(f"server-{request.param}") / "task_storage"
+        srv = start_server(request.param, storage, **settings)
+        yield srv
+        srv.close()
+
+    return fixture

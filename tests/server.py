@@ -77,7 +77,8 @@ class Server:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
                 stats = self.client.get("/stats", headers=self.probe_headers).json()
-                if sum(1 for w in stats["workers"] if w["alive"]) >= self.workers:
+                # Scale-out mode also lists the worker hosts' pool processes (role "worker").
+                if sum(1 for w in stats["workers"] if w["alive"] and w.get("role") != "worker") >= self.workers:
                     return self
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
@@ -115,6 +116,14 @@ class Server:
         self.proc = None
         return code
 
+    def close(self) -> None:
+        """Stop everything this server started (scale-out mode adds Redis and a worker host)."""
+        self.stop()
+
+    @property
+    def backend(self) -> str:
+        return self.env.get("ETL_BACKEND", "local")
+
     # --- helpers -------------------------------------------------------------------------
 
     def run(self, step: str, client: httpx.Client | None = None, **params: Any) -> dict[str, Any]:
@@ -142,6 +151,17 @@ class Server:
                 raise AssertionError(f"task {task_id} still {state['status']} after {timeout} s: {state}")
             time.sleep(0.02)
 
+    def wait_started(self, task_id: str, timeout: float = 30) -> dict[str, Any]:
+        """The state once a worker runs the step (scale-out mode: a dispatched task is running with no worker yet)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.wait_for(task_id, {"running", *TERMINAL}, timeout)
+            if state["status"] != "running" or state["worker"]:
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} was not started by a worker in {timeout} s: {state}")
+            time.sleep(0.02)
+
     def task_file(self, task_id: str, timeout: float = 10) -> str:
         """The text of the task's JSON file once it shows the ended task (it follows the store on a writer thread)."""
         ended = self.wait_for(task_id)["status"]
@@ -156,14 +176,27 @@ class Server:
                 raise AssertionError(f"{path} does not show the task {ended} after {timeout} s")
             time.sleep(0.02)
 
+    def serving_pid(self, client: httpx.Client) -> int:
+        """The API worker process that holds this client's (kept-alive) connection."""
+        response = client.get("/livez")
+        port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+        for pid in self.worker_pids():
+            with contextlib.suppress(psutil.Error):
+                for conn in psutil.Process(pid).net_connections("tcp"):
+                    if conn.laddr and conn.laddr.port == self.port and conn.raddr and conn.raddr.port == port:
+                        return pid
+        raise AssertionError(f"no worker holds the connection from port {port}")
+
     def clients_by_worker(self, wanted: int = 2, attempts: int = 5) -> dict[int, httpx.Client]:
-        """Persistent connections, keyed by the worker pid that serves each (learnt from a no-op task)."""
+        """Persistent connections, keyed by the API worker pid that serves each (learnt from the socket).
+
+        In local mode that worker also runs a task submitted on it while a slot is free.
+        """
         found: dict[int, httpx.Client] = {}
         for _ in range(attempts):
-            clients = [httpx.Client(base_url=self.url, timeout=30) for _ in range(8)]
-            for client in clients:
-                task = self.run("diag_noop", client=client)
-                pid = self.wait_for(task["task_id"])["worker"]["pid"]
+            for _ in range(8):
+                client = httpx.Client(base_url=self.url, timeout=30)
+                pid = self.serving_pid(client)
                 if pid in found:
                     client.close()
                 else:

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.scaleout import CeleryServer
+from tests.scaleout import backend_server
 from tests.server import Server
 
-BACKENDS = ["local", pytest.param("celery", marks=pytest.mark.skipif(
-    sys.platform != "linux", reason="worker hosts run on Linux only"))]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The contract holds in both modes: local (diskcache + threads) and celery (Redis + worker hosts)."""
-    storage = tmp_path_factory.mktemp(f"server-{request.param}") / "task_storage"
-    srv = Server(storage) if request.param == "local" else CeleryServer(storage)
-    try:
-        srv.start()
-    except BaseException:
-        srv.stop()
-        raise
-    yield srv
-    srv.stop()
+# The contract holds in both modes: local (diskcache + threads) and celery (Redis + worker hosts).
+server = backend_server()
 
 
 def test_run_then_status_output_logs(server: Server):

@@ -9,7 +9,11 @@ import pytest
 
 from etl import registry
 from etl.errors import CommandFailed, EtlError
+from tests.scaleout import backend_server
 from tests.server import Server
+
+# The service-level test holds in both modes (local threads, and Celery worker hosts on Redis).
+server = backend_server()
 
 
 def run(step_name: str, **params):

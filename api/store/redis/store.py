@@ -307,8 +307,11 @@ class RedisStore(RedisExtras, PendingInRedis):
                 task.transition(TaskStatus.RUNNING, "dispatched: a slot became free", self.ttl_seconds)
             task.worker = worker.as_dict()
             task.message = "running"
-            task.history.append({"status": "running", "at": now_iso(),
-                                 "reason": f"started on worker {worker.host}:{worker.pid} (dispatch {token})"})
+            # The start completes the dispatch's history entry instead of adding one: history holds one
+            # entry per transition (and stop request) in both modes, and so does the feed's status events.
+            dispatched = task.history[-1]
+            started = f"started on worker {worker.host}:{worker.pid} (dispatch {token})"
+            task.history[-1] = {**dispatched, "reason": f"{dispatched['reason']}; {started}"}
             return True
 
         task, done = self._commit(task_id, change, guard="token", value=token, flags="C", owner=worker.id,
