@@ -111,6 +111,9 @@ class WorkerHost:
         return (self.folder / "worker.log").read_text(errors="replace")
 
 
+SERVER_ARGUMENTS = {"kind", "workers", "probe_headers", "port", "root"}  # the test Server's own, not settings
+
+
 class CeleryServer(Server):
     """A Server in scale-out mode with its own redis-server and worker host.
 
@@ -120,7 +123,9 @@ class CeleryServer(Server):
 
     def __init__(self, storage: Path, concurrency: int = 4, **settings: Any) -> None:
         self.redis = RedisServer(storage.parent / "redis")
-        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1")
+        # The steps run on the worker host: it gets the same settings (trustee commands, limits, ...).
+        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1",
+                               **{k: v for k, v in settings.items() if v is not None and k not in SERVER_ARGUMENTS})
         super().__init__(storage, backend="celery", redis_url=self.redis.url, **settings)
 
     def start(self, timeout: float = 60) -> CeleryServer:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import fastapi_offline
 from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +23,7 @@ UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
 STATIC_URL = "/ui/static"
 DOCS_ASSETS_URL = "/docs-assets"
+LOG_DOWNLOAD_BATCH = 5000  # lines read per Redis call when a download streams the log
 # The page loads only its own files; no inline script, nothing from another origin.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -88,12 +90,25 @@ async def logout(request: Request, response: Response) -> dict[str, Any]:
 
 
 @router.get("/ui/logs/{task_id}", summary="A task's full log as a file")
-def download_log(task_id: str, services: ServicesDep, _: Viewer) -> FileResponse:
-    """The whole log file (the page shows only its tail)."""
-    path = services.store.log_path(task_id)
-    if path is None:
+def download_log(task_id: str, services: ServicesDep, _: Viewer) -> Response:
+    """The whole log (the page shows only its tail)."""
+    store = services.store
+    task = store.get(task_id)
+    path = store.log_path(task_id)
+    if path is not None:
+        return FileResponse(path, media_type="text/plain; charset=utf-8", filename=f"{task_id}.log")
+    if not task.log_lines:
         raise NotFound(f"Task {task_id} has no log file.")
-    return FileResponse(path, media_type="text/plain; charset=utf-8", filename=f"{task_id}.log")
+
+    def lines() -> Iterator[bytes]:
+        # Scale-out mode keeps the lines in Redis (no shared folder): sent in batches, never all at once.
+        since = 0
+        while batch := store.read_log(task_id, since, LOG_DOWNLOAD_BATCH):
+            since += len(batch)
+            yield "".join(f"{line}\n" for line in batch).encode("utf-8")
+
+    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8",
+                             headers={"content-disposition": f'attachment; filename="{task_id}.log"'})
 
 
 @router.get("/docs", summary="Swagger UI")

@@ -256,6 +256,9 @@ class RedisExtras:
                 removed += [data["task_id"] for data in doomed]
                 if between_batches is not None and not between_batches():
                     raise LeaseLost(f"the cleanup lease was lost after removing {len(removed)} task(s)")
+            stale = R.stale_hour_fields(self.r.hkeys(R.K_COUNTERS))
+            if stale:
+                self.r.hdel(R.K_COUNTERS, *stale)
         return {"removed": len(removed), "task_ids": removed[:100], "freed_bytes": freed}
 
     def trim_logs(self: RedisStore, max_bytes: int) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 
-from api.store.counters import DURATION_BUCKETS, Counters
+from api.store.counters import DURATION_BUCKETS, HOURS_KEPT, Counters
 from api.task import Task
 
 PREFIX = "{etl}:"  # the one hash tag: every key lands in the same Cluster slot
@@ -69,9 +70,14 @@ def flat_deltas(counters: Counters) -> str:
             out[SEP.join(("ended", step, status))] = n
     for worker, n in data["started_by"].items():
         out[SEP.join(("started_by", worker))] = n
+    for hour, states in data.get("per_hour", {}).items():
+        for status, n in states.items():
+            out[SEP.join(("per_hour", hour, status))] = n
     hists = [(("durations", step), hist) for step, hist in data["durations"].items()]
     if data.get("queue_wait"):
         hists.append((("queue_wait",), data["queue_wait"]))
+    for kind in ("step", "key"):
+        hists += [((f"queue_wait_by_{kind}", name), hist) for name, hist in data.get(f"queue_wait_by_{kind}", {}).items()]
     for name, hist in hists:
         for index, n in enumerate(hist["buckets"]):
             if n:
@@ -89,6 +95,7 @@ def counters_from(fields: dict[str, str]) -> Counters:
     def hist(parent: dict[str, Any], key: str) -> dict[str, Any]:
         return parent.setdefault(key, {"buckets": [0] * (len(DURATION_BUCKETS) + 1), "sum": 0.0, "count": 0})
 
+    oldest_hour = (time.time() // 3600 - HOURS_KEPT) * 3600
     for field, raw in fields.items():
         parts = field.split(SEP)
         value = float(raw)
@@ -97,8 +104,16 @@ def counters_from(fields: dict[str, str]) -> Counters:
             data[kind].setdefault(parts[1], {})[parts[2]] = int(value)
         elif kind in ("submitted", "started_by") and len(parts) == 2:
             data[kind][parts[1]] = int(value)
-        elif kind in ("durations", "queue_wait"):
-            target = hist(data["durations"], parts[1]) if kind == "durations" else hist(data, "queue_wait")
+        elif kind == "per_hour" and len(parts) == 3:
+            if parts[1].isdigit() and int(parts[1]) > oldest_hour:  # older ones wait for cleanup to drop them
+                data.setdefault("per_hour", {}).setdefault(parts[1], {})[parts[2]] = int(value)
+        elif kind in ("durations", "queue_wait", "queue_wait_by_step", "queue_wait_by_key"):
+            if kind == "durations":
+                target = hist(data["durations"], parts[1])
+            elif kind == "queue_wait":
+                target = hist(data, "queue_wait")
+            else:
+                target = hist(data.setdefault(kind, {}), parts[1])
             slot = parts[-1]
             if slot == "sum":
                 target["sum"] = value
@@ -107,3 +122,14 @@ def counters_from(fields: dict[str, str]) -> Counters:
             elif slot.startswith("b"):
                 target["buckets"][int(slot[1:])] = int(value)
     return counters
+
+
+def stale_hour_fields(fields: list[str]) -> list[str]:
+    """Counter fields of hours older than the chart keeps (cleanup deletes them)."""
+    oldest_hour = (time.time() // 3600 - HOURS_KEPT) * 3600
+    stale = []
+    for field in fields:
+        parts = field.split(SEP)
+        if parts[0] == "per_hour" and len(parts) == 3 and (not parts[1].isdigit() or int(parts[1]) <= oldest_hour):
+            stale.append(field)
+    return stale

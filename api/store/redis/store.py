@@ -172,8 +172,10 @@ class RedisStore(RedisExtras, PendingInRedis):
         if previous is None:
             counters.submitted(task.step_name)
         if started and task.worker:
-            waited = max(0.0, time.time() - parse_iso(task.created_at))
-            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited)
+            # From the latest time it (re)joined the queue, as in local mode.
+            queued_at = next((h["at"] for h in reversed(task.history) if h["status"] == "queued"), task.created_at)
+            waited = max(0.0, time.time() - parse_iso(queued_at))
+            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited, task.step_name)
         if task.status.terminal and previous is not task.status:
             counters.ended(task.step_name, task.status.value, task.duration_seconds)
         return R.flat_deltas(counters)
