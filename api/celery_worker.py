@@ -172,13 +172,16 @@ class WorkerHost:
     def _beat(self) -> None:
         while True:
             try:
-                self.store.heartbeat(self.worker, role="worker", running=self.running)
+                self.store.heartbeat(self.worker, role="worker", running=self.running, worker_host=host_name)
             except Exception as exc:
                 logger.warning("heartbeat failed: %s", exc)
             time.sleep(self.settings.heartbeat_interval_seconds)
 
 
 _host: WorkerHost | None = None
+# This worker host's name (``python -m api worker --name``, else the machine's): set before the
+# pool forks, so every pool process's heartbeat says which host it belongs to (GET /health).
+host_name = HOSTNAME
 _draining: Any = None  # set when the host shuts down (multiprocessing.Event, shared with the pool)
 
 
@@ -365,6 +368,8 @@ class Execution:
 
 
 def worker_argv(settings: Settings, concurrency: int, name: str | None) -> list[str]:
+    global host_name
+    host_name = name or HOSTNAME
     return ["worker", "-P", "prefork", "-c", str(concurrency), "-O", "fair", "-Q", QUEUE,
             "-n", f"etl-{name or HOSTNAME}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-l", settings.log_level]

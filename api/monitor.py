@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from api.deps import Services
+from api.errors import StorageUnavailable
 from api.scheduler import LEASE_SECONDS
 from api.store.counters import DURATION_BUCKETS
 from api.task import TaskStatus, parse_iso
@@ -71,14 +72,34 @@ def _runner(services: Services) -> dict[str, Any]:
     if not services.runner.alive:
         return _check(False, "this worker's task runner thread is not running")
     if services.settings.backend == "celery":
-        alive = services.store.alive_workers()
-        hosts = {b["host"] for b in services.store.workers() if b.get("role") == "worker" and b["id"] in alive}
-        processes = sum(1 for b in services.store.workers() if b.get("role") == "worker" and b["id"] in alive)
-        if not processes:
-            return _check(False, "Redis answers but no Celery worker host is alive (start `python -m api worker`)")
-        return _check(True, f"dispatch alive; Redis reachable; {processes} worker process(es) on "
-                            f"{len(hosts)} worker host(s)")
+        return _check(True, "dispatch to the worker hosts alive")
     return _check(True, "task runner alive")
+
+
+def _redis(services: Services) -> dict[str, Any]:
+    """Scale-out mode: Redis answers, how fast, and for how long it has been up."""
+    started = time.monotonic()
+    try:
+        uptime = services.store.redis_uptime_seconds()
+    except StorageUnavailable as exc:
+        return _check(False, exc.detail)
+    took = (time.monotonic() - started) * 1000
+    return _check(True, f"Redis answered in {took:.1f} ms (up {uptime:.0f} s)")
+
+
+def _worker_hosts(services: Services) -> dict[str, Any]:
+    """Scale-out mode: the worker hosts whose pool processes heartbeat now, by name."""
+    alive = services.store.alive_workers()
+    processes: dict[str, int] = {}
+    for beat in services.store.workers():
+        if beat.get("role") == "worker" and beat["id"] in alive:
+            name = beat.get("worker_host") or beat["host"]
+            processes[name] = processes.get(name, 0) + 1
+    if not processes:
+        return _check(False, "no Celery worker host is alive (start `python -m api worker`)")
+    hosts = ", ".join(f"{name} ({count} process{'es' if count > 1 else ''})"
+                      for name, count in sorted(processes.items()))
+    return _check(True, f"{len(processes)} worker host(s) alive: {hosts}")
 
 
 def _orchestration(services: Services) -> dict[str, Any]:
@@ -129,9 +150,13 @@ def _warnings(services: Services) -> list[str]:
     return [f"task file {b['file']} was skipped when the index was rebuilt: {b['reason']}" for b in bad]
 
 
+SCALE_OUT_CHECKS = {"redis": _redis, "worker_hosts": _worker_hosts}
+
+
 def health(services: Services) -> tuple[bool, dict[str, Any]]:
     checks = {}
-    for name, check in CHECKS.items():
+    scale_out = SCALE_OUT_CHECKS if services.settings.backend == "celery" else {}
+    for name, check in {**CHECKS, **scale_out}.items():
         try:
             checks[name] = check(services)
         except Exception as exc:

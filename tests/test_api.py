@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.scaleout import backend_server
+from tests.scaleout import CeleryServer, WorkerHost, backend_server
 from tests.server import Server
 
 # The contract holds in both modes: local (diskcache + threads) and celery (Redis + worker hosts).
@@ -154,6 +154,8 @@ def test_health_stats_metrics_and_livez(server: Server):
     # Scale-out mode also lists the worker hosts' pool processes (role "worker").
     assert sum(1 for w in stats["workers"] if w["alive"] and w.get("role") != "worker") == 4
     assert stats["tasks"]["by_status"]["completed"] >= 1
+    assert sum(hour["completed"] for hour in stats["tasks_per_hour"]) >= 1  # the dashboard's chart
+    assert stats["queue_wait_seconds"]["step"]["diag_noop"]["started"] >= 1
     metrics = server.client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "# TYPE etl_tasks_submitted_total counter" in metrics.text
@@ -224,3 +226,34 @@ def test_orchestration_changes_are_accepted_locally_and_a_clear_409_in_scale_out
     assert server.client.get("/schedules").status_code == 200
     if not celery:
         assert server.client.delete("/schedules/nightly-api-test").status_code in (200, 204)
+
+
+def test_health_in_scale_out_mode_reports_redis_and_the_live_worker_hosts(server: Server):
+    """Scale-out mode: /health names Redis and each live worker host; it fails when none is alive."""
+    if not isinstance(server, CeleryServer):
+        assert not {"redis", "worker_hosts"} & set(server.client.get("/health").json()["checks"])
+        return
+    checks = server.client.get("/health").json()["checks"]
+    assert checks["redis"]["ok"] and "Redis answered" in checks["redis"]["detail"]
+    assert checks["worker_hosts"] == {"ok": True, "detail": "1 worker host(s) alive: host1 (4 processes)"}
+    second = WorkerHost(server.storage.parent / "worker-host2", server.redis.url, 1, "host2").start()
+    try:
+        deadline = time.monotonic() + 60
+        while "host2" not in server.client.get("/health").json()["checks"]["worker_hosts"]["detail"]:
+            assert time.monotonic() < deadline, "the second worker host never showed in /health"
+            time.sleep(0.2)
+        assert server.client.get("/health").json()["checks"]["worker_hosts"]["detail"] == \
+            "2 worker host(s) alive: host1 (4 processes), host2 (1 process)"
+    finally:
+        second.stop()
+    server.host.stop()
+    try:
+        deadline = time.monotonic() + 30
+        while (health := server.client.get("/health")).status_code == 200:
+            assert time.monotonic() < deadline, "health stayed 200 with no worker host alive"
+            time.sleep(0.2)
+        assert "worker_hosts" in health.json()["failing"] and "no Celery worker host" in health.text
+    finally:
+        server.host.start()
+        server.worker_hosts_ready()
+    assert server.client.get("/health").status_code == 200
