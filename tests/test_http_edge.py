@@ -16,15 +16,13 @@ import httpx
 import pytest
 
 from api.settings import SettingsError, load_settings
+from tests.scaleout import backend_server
 from tests.server import ROOT, Server, free_port
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server as it starts out of the box: no keys, no allowed hosts, no proxies, anonymous role left default."""
-    srv = Server(tmp_path_factory.mktemp("plain") / "task_storage", workers=2, anonymous_role=None).start()
-    yield srv
-    srv.stop()
+# A server as it starts out of the box: no keys, no allowed hosts, no proxies, anonymous role left
+# default; in both modes (the trust boundary is the API's, whatever runs the steps).
+plain = backend_server(workers=2, anonymous_role=None)
 
 
 def _fresh(srv: Server) -> httpx.Client:
@@ -86,7 +84,8 @@ def test_11_anonymous_callers_are_operators_unless_admin_is_opted_in(plain: Serv
             assert "ETL_ANONYMOUS_ROLE" in refused.json()["detail"]
         assert client.get("/cleanup/schedule").status_code == 200
 
-    srv: Server = make_server(tmp_path / "opted-in", workers=1, anonymous_role="admin",
+    srv: Server = make_server(tmp_path / "opted-in", backend=plain.backend, workers=1,
+                              anonymous_role="admin",
                               allowed_hosts="etl.internal, Reports.Example.:443", cors_origins="http://dash.example")
     with _fresh(srv) as client:
         assert client.post("/cleanup/now", headers={"Host": "etl.internal:8000"}).status_code == 200
@@ -133,7 +132,8 @@ def test_12_forwarded_for_counts_only_from_a_trusted_proxy(plain: Server, make_s
     entry = next(e for e in _audit(plain) if e.get("task_id") == task["task_id"])
     assert entry["client"] == "127.0.0.1"
 
-    srv: Server = make_server(tmp_path / "proxied", workers=1, trusted_proxies="127.0.0.1/32, 10.0.0.0/8")
+    srv: Server = make_server(tmp_path / "proxied", backend=plain.backend, workers=1,
+                              trusted_proxies="127.0.0.1/32, 10.0.0.0/8")
     cases = {
         "203.0.113.7": "203.0.113.7",
         "6.6.6.6, 203.0.113.7": "203.0.113.7",  # the client can write the left part, not the right

@@ -14,13 +14,15 @@ import httpx
 import pytest
 
 from etl import secrets
+from tests.scaleout import BACKENDS, CeleryServer
 from tests.server import ROOT, Server
 
 SECRET = "s3cr3t-Pa55word-value"
 
 
-def test_each_role_on_each_endpoint_class(make_server):
-    srv: Server = make_server(workers=2, api_keys="viewer:v-key,operator:o-key,admin:adm:a-key",
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_role_on_each_endpoint_class(make_server, backend):
+    srv: Server = make_server(backend=backend, workers=2, api_keys="viewer:v-key,operator:o-key,admin:adm:a-key",
                               probe_headers={"X-API-Key": "v-key"})
     keys = {"none": {}, "viewer": {"X-API-Key": "v-key"}, "operator": {"Authorization": "Bearer o-key"},
             "admin": {"X-API-Key": "a-key"}}
@@ -65,8 +67,9 @@ def test_hashed_keys_in_a_keys_file(make_server, tmp_path):
     assert srv.client.post("/run/diag_noop", headers={"X-API-Key": digest}).status_code == 401
 
 
-def test_a_secret_is_masked_everywhere(make_server):
-    srv: Server = make_server(workers=1, secret_dbpass=SECRET)  # ETL_SECRET_DBPASS
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_secret_is_masked_everywhere(make_server, backend):
+    srv: Server = make_server(backend=backend, workers=1, secret_dbpass=SECRET)  # ETL_SECRET_DBPASS
     failing = srv.run("diag_fail", message="cannot log in with", credential="${secret:dbpass}")
     final = srv.wait_for(failing["task_id"])
     assert final["status"] == "failed" and "***" in final["error"]["message"]
@@ -81,10 +84,15 @@ def test_a_secret_is_masked_everywhere(make_server):
         "task logs": srv.client.get(f"/logs/{failing['task_id']}").text,
         "task file": srv.task_file(failing["task_id"]),
         "echo params": json.dumps(echo_file["params"]),
-        "log file": (srv.storage / "logs" / f"{failing['task_id']}.log").read_text(encoding="utf-8"),
         "server log": srv.log_text(),
         "audit": (srv.storage / "audit.log").read_text(encoding="utf-8"),
     }
+    if isinstance(srv, CeleryServer):
+        # The step ran on the worker host: its log went to Redis (GET /logs), and that host logs too.
+        places["log file"] = "\n".join(srv.client.get(f"/logs/{failing['task_id']}").json()["lines"])
+        places["worker host log"] = srv.host.log_text()
+    else:
+        places["log file"] = (srv.storage / "logs" / f"{failing['task_id']}.log").read_text(encoding="utf-8")
     for where, text in places.items():
         assert SECRET not in text, where
         if where != "echo output":
@@ -116,8 +124,9 @@ def test_encrypted_secrets_file(tmp_path, monkeypatch):
         secrets.lookup("missing")
 
 
-def test_rate_limit_per_key(make_server):
-    srv: Server = make_server(workers=2, rate_limit_per_minute=3)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rate_limit_per_key(make_server, backend):
+    srv: Server = make_server(backend=backend, workers=2, rate_limit_per_minute=3)
     codes = [srv.client.post("/run/diag_noop").status_code for _ in range(4)]
     assert codes == [202, 202, 202, 429]
     limited = srv.client.post("/run/diag_noop")
@@ -125,8 +134,9 @@ def test_rate_limit_per_key(make_server):
     assert "per minute" in limited.json()["detail"]
 
 
-def test_metrics_are_the_same_sum_on_every_worker(make_server):
-    srv: Server = make_server(workers=4)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_are_the_same_sum_on_every_worker(make_server, backend):
+    srv: Server = make_server(backend=backend, workers=4)
     for _ in range(20):
         with httpx.Client(base_url=srv.url) as fresh:
             assert fresh.post("/run/diag_noop").status_code == 202
