@@ -48,7 +48,10 @@ def prepare_storage(settings: Settings) -> None:
         readme = settings.storage_dir / "README.txt"
         if not readme.exists() and SUPPORT_README.exists():
             shutil.copyfile(SUPPORT_README, readme)
-        if not store.is_initialized():
+        if settings.backend == "celery":
+            # Once per start of this API host, here before its workers exist (they skip it then).
+            store.reconcile_at_start(owner=f"startup:{time.time_ns()}")
+        elif not store.is_initialized():
             store.ensure_index(owner=f"startup:{time.time_ns()}")
         written = 0
         for _ in range(store.dirty_count() // DIRTY_BATCH + 1):

@@ -474,3 +474,25 @@ def test_redis_store_fencing_listing_and_counters(redis_store):
     assert redis_store.acquire_lease("cleanup", "a", 5) and not redis_store.acquire_lease("cleanup", "b", 5)
     redis_store.release_lease("cleanup", "a")
     assert redis_store.acquire_lease("cleanup", "b", 5)
+
+
+def test_start_up_reconciles_the_task_files_once_per_start_not_once_per_api_process(tmp_path: Path):
+    """The API host's start reconciles its files with Redis before its workers exist; they skip it."""
+    store = RedisServer(tmp_path / "redis").start()
+    api = Server(tmp_path / "api", workers=4, backend="celery", redis_url=store.url)
+    stray = api.storage / "01a233b2-9e97-7486-9352-bd90d9fdb182.json"
+    api.storage.mkdir(parents=True)
+    stray.write_text(json.dumps({"task_id": stray.stem, "step_name": "diag_noop", "status": "running",
+                                 "created_at": "2026-12-01T10:00:00+00:00"}), encoding="utf-8")
+    reconciled = "describe tasks Redis does not know"
+    try:
+        api.start()
+        assert api.log_text().count(reconciled) == 1, api.log_text()[-3000:]
+        assert json.loads(stray.read_text(encoding="utf-8"))["unknown_to_redis"]["detail"]
+        api.stop()
+        api.start()  # every start reconciles again (another host's cleanup may have removed tasks)
+        assert api.log_text().count(reconciled) == 2, api.log_text()[-3000:]
+        assert any(stray.name in w for w in api.client.get("/health").json()["warnings"])
+    finally:
+        api.stop()
+        store.stop()

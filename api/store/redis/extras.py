@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import threading
 import time
@@ -20,7 +21,7 @@ from api.store.files import write_json_atomic
 from api.store.reading import wait_for_change
 from api.store.redis import records as R
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
-from api.workers import HOSTNAME, WorkerInfo
+from api.workers import HOSTNAME, WorkerInfo, process_created
 
 if TYPE_CHECKING:
     from api.store.redis.store import RedisStore
@@ -32,6 +33,11 @@ ORPHAN_CLAIM_SECONDS = 5.0
 BAD_FILES_REPORTED = 20
 UNKNOWN_DETAIL = ("Redis holds no record of this task (its data was lost, or another host removed it); "
                   "this file is the only record left")
+
+
+def _start_of(pid: int) -> str:
+    """One start of an API host: the process that started its workers, by pid and start time."""
+    return f"{pid}:{process_created(pid)}"
 
 
 def _json(raw: str | None) -> Any:
@@ -295,16 +301,34 @@ class RedisExtras:
     def is_initialized(self: RedisStore) -> bool:
         return True
 
-    def ensure_index(self: RedisStore, owner: str, wait_seconds: float = 300.0) -> None:
-        """Redis is the index; at start one process per host reconciles this host's task files with it."""
+    def _reconcile_once(self: RedisStore, owner: str, start: str, done: set[str]) -> None:
+        """Reconcile this host's task files with Redis and record ``start``, unless a start in ``done`` did."""
+        marker = R.PREFIX + f"meta:reconciled:{HOSTNAME}:{self.paths.root}"
         with self._guarded():
-            self.r.ping()
+            if self.r.get(marker) in done:
+                return
             lease = f"reconcile:{HOSTNAME}:{self.paths.root}"
             if self.acquire_lease(lease, owner, RECONCILE_LEASE_SECONDS):
                 try:
-                    self.reconcile_files()
+                    if self.r.get(marker) not in done:
+                        self.reconcile_files()
+                        self.r.set(marker, start)
                 finally:
                     self.release_lease(lease, owner)
+
+    def reconcile_at_start(self: RedisStore, owner: str) -> None:
+        """In the process that starts the API host, before its workers: they skip it for this start."""
+        start = _start_of(os.getpid())
+        self._reconcile_once(owner, start, {start})
+
+    def ensure_index(self: RedisStore, owner: str, wait_seconds: float = 300.0) -> None:
+        """Redis is the index; an API worker reconciles the files only if its start did not (a
+        server started without ``prepare_storage``, or Redis lost the marker with its data)."""
+        with self._guarded():
+            self.r.ping()
+        started_by = _start_of(os.getppid())
+        # A single-process server is its own start (the process that prepared the storage).
+        self._reconcile_once(owner, started_by, {started_by, _start_of(os.getpid())})
 
     def reconcile_files(self: RedisStore) -> int:
         """Task files whose task Redis no longer knows: expired ones go, the others are marked.
