@@ -26,6 +26,7 @@ from celery import Celery, signals
 from api.errors import StorageUnavailable
 from api.runner import execute_step
 from api.settings import Settings, get_settings
+from api.store.redis.workfolders import sweep_work_folders
 from api.task import Task, TaskStatus
 from api.workers import HOSTNAME, WorkerInfo
 from etl import registry, runtime, secrets
@@ -168,6 +169,7 @@ class WorkerHost:
         if logging.getLogger("etl").getEffectiveLevel() > logging.INFO:
             logging.getLogger("etl").setLevel(logging.INFO)
         threading.Thread(target=self._beat, name="etl-heartbeat", daemon=True).start()
+        threading.Thread(target=self._sweep, name="etl-work-folders", daemon=True).start()
 
     def _beat(self) -> None:
         while True:
@@ -176,6 +178,17 @@ class WorkerHost:
             except Exception as exc:
                 logger.warning("heartbeat failed: %s", exc)
             time.sleep(self.settings.heartbeat_interval_seconds)
+
+    def _sweep(self) -> None:
+        """Every cleanup interval: this host's work folders of tasks cleanup removed (one process per host)."""
+        interval = self.settings.cleanup_interval_seconds
+        while True:
+            time.sleep(min(interval, 5.0))
+            try:
+                sweep_work_folders(self.store, self.worker.id, interval)
+            except Exception as exc:
+                logger.warning("sweeping the work folders failed: %s", exc)
+            time.sleep(max(0.0, interval - 5.0))
 
 
 _host: WorkerHost | None = None

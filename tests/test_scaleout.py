@@ -496,3 +496,32 @@ def test_start_up_reconciles_the_task_files_once_per_start_not_once_per_api_proc
     finally:
         api.stop()
         store.stop()
+
+
+def test_a_worker_host_removes_the_work_folders_of_tasks_cleanup_removed(tmp_path: Path):
+    """TTL cleanup on the API host removes the Redis keys; the worker host that ran the step then
+    removes the task's work folder (and keeps a running task's)."""
+    store = RedisServer(tmp_path / "redis").start()
+    host = WorkerHost(tmp_path / "host1", store.url, 2, "host1", cleanup_interval_seconds=1).start()
+    api = Server(tmp_path / "api", workers=1, backend="celery", redis_url=store.url, task_ttl_hours=0.0005)
+    try:
+        api.start()
+        ended, running = api.run("diag_noop")["task_id"], api.run("diag_sleep", seconds=30)["task_id"]
+        final = api.wait_for(ended)
+        # What a step leaves in its folder (runtime.work_dir()); the diagnostic steps write none.
+        folders = {task_id: host.folder / "runs" / "tasks" / task_id for task_id in (ended, running)}
+        for folder in folders.values():
+            folder.mkdir(parents=True)
+            (folder / "scratch.parquet").write_bytes(b"PAR1")
+        time.sleep(max(0.0, 2.9 - (time.time() - datetime.fromisoformat(final["completed_at"]).timestamp())))
+        assert ended in api.client.post("/cleanup/now").json()["task_ids"]
+        deadline = time.monotonic() + 15
+        while folders[ended].exists():
+            assert time.monotonic() < deadline, "the worker host kept the folder of a removed task"
+            time.sleep(0.1)
+        assert (folders[running] / "scratch.parquet").exists()  # its task is still in Redis
+        api.client.post(f"/stop/{running}")
+    finally:
+        api.stop()
+        host.stop()
+        store.stop()
