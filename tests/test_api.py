@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+import redis
 
 from tests.scaleout import CeleryServer, WorkerHost, backend_server
 from tests.server import Server
@@ -257,3 +258,16 @@ def test_health_in_scale_out_mode_reports_redis_and_the_live_worker_hosts(server
         server.host.start()
         server.worker_hosts_ready()
     assert server.client.get("/health").status_code == 200
+    # Redis away: /health says so (503, never 500), and is healthy again once it is back.
+    redis.Redis.from_url(server.redis.url).shutdown(save=True)  # a snapshot, loaded again at start
+    server.redis.stop()
+    try:
+        health = server.client.get("/health")
+        assert health.status_code == 503 and "redis" in health.json()["failing"], health.text
+        assert "cannot be reached" in health.json()["checks"]["redis"]["detail"]
+    finally:
+        server.redis.start()
+    deadline = time.monotonic() + 30
+    while server.client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, server.client.get("/health").text
+        time.sleep(0.2)
