@@ -188,7 +188,7 @@ class Server:
         raise AssertionError(f"no worker holds the connection from port {port}")
 
     def clients_by_worker(self, wanted: int = 2, attempts: int = 5) -> dict[int, httpx.Client]:
-        """Persistent connections, keyed by the API worker pid that serves each (learnt from the socket).
+        """Persistent connections, keyed by the API worker pid that serves each.
 
         In local mode that worker also runs a task submitted on it while a slot is free.
         """
@@ -196,7 +196,10 @@ class Server:
         for _ in range(attempts):
             for _ in range(8):
                 client = httpx.Client(base_url=self.url, timeout=30)
-                pid = self.serving_pid(client)
+                task = self.wait_for(self.run("diag_noop", client=client)["task_id"])
+                # Local mode: the accepting worker ran it. Scale-out mode: a worker host did, so the
+                # API worker is the one holding the connection.
+                pid = task["worker"]["pid"] if self.backend == "local" else self.serving_pid(client)
                 if pid in found:
                     client.close()
                 else:
