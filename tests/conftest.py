@@ -108,12 +108,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"server", "make_server"} or "Server(" in _source(item):
+        if fixtures & {"server", "make_server"} or _uses_backend_server(item) or \
+                any(call in _source(item) for call in ("Server(", "start_server(")):
             item.add_marker(pytest.mark.server)
         if module in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)
         if module in ODBC_MODULES:
             item.add_marker(pytest.mark.odbc)
+
+
+def _uses_backend_server(item: pytest.Item) -> bool:
+    """A module-scoped server of tests/scaleout.backend_server (whatever the module names it)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(getattr(defs[-1].func, "starts_server", False)
+                                    for defs in info.name2fixturedefs.values() if defs)
 
 
 def _source(item: pytest.Item) -> str:

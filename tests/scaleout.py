@@ -174,11 +174,11 @@ def start_server(backend: str, storage: Path, **settings: Any) -> Server:
 def backend_server(**settings: Any) -> Any:
     """A module-scoped server fixture run once per backend: the module's tests hold in both modes."""
 
-    @pytest.fixture(scope="module", params=BACKENDS)
     def fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         storage = tmp_path_factory.mktemp(f"server-{request.param}") / "task_storage"
         srv = start_server(request.param, storage, **settings)
         yield srv
         srv.close()
 
-    return fixture
+    fixture.starts_server = True  # conftest marks the tests that use it `server`
+    return pytest.fixture(scope="module", params=BACKENDS)(fixture)

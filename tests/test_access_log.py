@@ -11,7 +11,7 @@ import pytest
 
 from api import access
 from api.access import AccessLog
-from tests.server import Server
+from tests.scaleout import BACKENDS, start_server
 
 LINE = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ACCESS \[\d+\] 127\.0\.0\.1:\d+ - "(\S+) (\S+) HTTP/1\.1" (\d{3})$')
 
@@ -75,15 +75,16 @@ def test_a_full_batch_is_written_at_once_and_the_rest_at_shutdown():
     assert asyncio.run(scenario()) == (access.FLUSH_LINES, access.FLUSH_LINES + 3)
 
 
-def test_gunicorn_writes_one_access_line_per_answer(tmp_path: Path):
-    srv = Server(tmp_path / "task_storage", workers=1).start()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gunicorn_writes_one_access_line_per_answer(tmp_path: Path, backend: str):
+    srv = start_server(backend, tmp_path / "task_storage", workers=1)
     try:
         assert srv.client.get("/livez").status_code == 200
         assert srv.client.get("/status/not-a-task").status_code in (404, 422)
         task = srv.run("diag_noop")
         srv.wait_for(task["task_id"])
     finally:
-        srv.stop()
+        srv.close()
     requests = [LINE.match(line).groups()[:2] for line in srv.log_text().splitlines() if " ACCESS " in line]
     assert ("GET", "/livez") in requests
     assert ("GET", "/status/not-a-task") in requests

@@ -32,7 +32,6 @@ def _start_of(pid: int) -> str:
     return f"{pid}:{process_created(pid)}"
 
 
-
 class FileReconciling:
     """Mixed into the Redis store."""
 
