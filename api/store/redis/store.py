@@ -30,7 +30,9 @@ from api.store.files import StoragePaths
 from api.store.redis import records as R
 from api.store.redis import scripts
 from api.store.redis.extras import RedisExtras
-from api.store.redis.pending import PendingInRedis
+from api.store.redis.orchestration import INSERT_PIPELINE, RedisOrchestration
+from api.store.redis.resources import RedisResources
+from api.store.redis.schedules import RedisSchedules
 from api.store.watch import TaskWatch
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import WorkerInfo
@@ -57,7 +59,7 @@ def _translated(method: Callable) -> Callable:
     return call
 
 
-class RedisStore(RedisExtras, PendingInRedis):
+class RedisStore(RedisExtras, RedisOrchestration, RedisResources, RedisSchedules):
     """All task state shared between API hosts and worker hosts, in Redis."""
 
     def __init__(self, url: str, root: Any, work_root: Any, output_root: Any, *, ttl_seconds: float,
@@ -74,6 +76,8 @@ class RedisStore(RedisExtras, PendingInRedis):
         # Unclaimed dispatches get a new token after this (a message lost with a host, or a backlog).
         self.dispatch_seconds = max(10.0, 3 * lease_seconds)
         self.lost_reason: str | None = None
+        # (task, error) -> seconds until the next attempt, or None: the retry policy (api/orchestration/retries.py)
+        self.retry_decider: Callable[[Task, dict[str, Any]], float | None] | None = None
         self.dispatch: Callable[[str, str], None] | None = None  # publishes (task id, token)
         self._r: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -92,6 +96,7 @@ class RedisStore(RedisExtras, PendingInRedis):
         for name in ("SUBMIT", "COMMIT", "RESERVE", "REDISPATCH", "RENEW", "ACQUIRE_LEASE", "RELEASE_LEASE",
                      "RECORD_WITH_LEASE", "HEARTBEAT"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
+        self._scripts["INSERT_PIPELINE"] = self._r.register_script(INSERT_PIPELINE)
 
     def close(self) -> None:
         self.stop_file_writer()
@@ -172,18 +177,23 @@ class RedisStore(RedisExtras, PendingInRedis):
         if previous is None:
             counters.submitted(task.step_name)
         if started and task.worker:
-            waited = max(0.0, time.time() - parse_iso(task.created_at))
-            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited)
+            # From the latest time it (re)joined the queue: a retry's wait excludes its earlier attempts.
+            queued_at = next((h["at"] for h in reversed(task.history) if h["status"] == "queued"), task.created_at)
+            waited = max(0.0, time.time() - parse_iso(queued_at))
+            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited, task.step_name,
+                             (task.concurrency or {}).get("key"))
         if task.status.terminal and previous is not task.status:
             counters.ended(task.step_name, task.status.value, task.duration_seconds)
         return R.flat_deltas(counters)
 
     def _commit(self, task_id: str, change: Callable[[Task], bool], guard: str = "", value: str = "",
-                flags: str = "", owner: str = "", stop: Any = None, started: bool = False) -> tuple[Task | None, bool]:
+                flags: str = "", owner: str = "", stop: Any = None, started: bool = False,
+                ops: list | None = None) -> tuple[Task | None, bool]:
         """Apply ``change`` and commit it if the record did not move meanwhile (else retry).
 
         Returns (task, committed): the task as stored, and whether this change was written (False:
-        ``change`` declined, or the guard refused it).
+        ``change`` declined, or the guard refused it). ``ops``: the orchestration side of the
+        change (scripts.COMMIT), which ``change`` may fill in.
         """
         for _ in range(COMMIT_RETRIES):
             raw = self.r.hmget(R.K_TASK + task_id, "json", "rev")
@@ -200,7 +210,7 @@ class RedisStore(RedisExtras, PendingInRedis):
             done = self._run("COMMIT", task_id, raw[1], task.rev, R.encode_for_feed(task), previous.value,
                              task.status.value, task.step_name, guard, value, flags, owner,
                              int(self.lease_seconds * 1000), expires, self._deltas(task, previous, started),
-                             R.dumps(stop), R.dumps(event_of(task, kind)))
+                             R.dumps(stop), R.dumps(event_of(task, kind)), R.dumps(ops) if ops else "")
             if done == -1:
                 return self._load(task_id), False
             if done:
@@ -234,16 +244,27 @@ class RedisStore(RedisExtras, PendingInRedis):
         running = task
         running.message = "dispatched to the worker hosts"
         running.transition(TaskStatus.RUNNING, "dispatched: a slot was free", self.ttl_seconds)
-        key, fingerprint = idempotency or ("", "")
+        key, fingerprint = idempotency or self._fire_idempotency() or ("", "")
+        if key and not task.idempotency_key and not idempotency:
+            queued.idempotency_key = running.idempotency_key = key  # a schedule's occurrence: fired once
+            queued.idempotency_fingerprint = running.idempotency_fingerprint = fingerprint
         bucket, per_minute = rate or ("", 0)
+        concurrency = task.concurrency or {}
         answer = self._run("SUBMIT", task.task_id, task.step_name, 1, R.encode_for_feed(running),
                            R.encode_for_feed(queued), self._deltas(running, None), self._deltas(queued, None),
                            self.max_queued, self.default_cap, int(self.dispatch_seconds * 1000), key, fingerprint,
                            R.dumps({"task_id": task.task_id, "fingerprint": fingerprint}), bucket, per_minute,
-                           R.dumps(event_of(running, "status")), R.dumps(event_of(queued, "status")))
+                           R.dumps(event_of(running, "status")), R.dumps(event_of(queued, "status")),
+                           concurrency.get("key") or "", concurrency.get("limit", 1),
+                           "1" if concurrency.get("mode") == "singleton" else "")
         kind = answer[0]
         if kind == "replay":
+            self._fire_replayed()
             return R.decode(answer[1]), True
+        if kind == "singleton":
+            raise Conflict(f"A {task.step_name} task with key {concurrency['key']} is already running or waiting "
+                           f"(task {answer[1]}); this step runs one at a time.", task_id=answer[1],
+                           key=concurrency["key"])
         if kind == "conflict":
             raise Conflict("This Idempotency-Key was already used with a different request "
                            f"(task {answer[1]}); use a new key.", task_id=answer[1])
@@ -344,17 +365,22 @@ class RedisStore(RedisExtras, PendingInRedis):
                owner: str | None = None, guard: str | None = None) -> Task | None:
         """Move a task to a terminal state while ``owner`` still owns it (fencing)."""
 
+        ops: list = []
+
         def change(task: Task) -> bool:
             if task.status.terminal:
                 return False
+            ops.clear()
             if extra:
                 extra(task)
+            if status is TaskStatus.FAILED and self._failing(task, reason, error, ops):
+                return True  # it waits for its next attempt (retry policy)
             task.result, task.error, task.message = result, error, reason
             task.transition(status, reason, self.ttl_seconds)
             return True
 
         kind = guard or ("owner" if owner is not None else "")
-        task, _ = self._commit(task_id, change, guard=kind, value=owner or "")
+        task, _ = self._commit(task_id, change, guard=kind, value=owner or "", ops=ops)
         return task
 
     @_translated
@@ -365,7 +391,8 @@ class RedisStore(RedisExtras, PendingInRedis):
             task = self._load(task_id)
             if task is None:
                 raise TaskNotFound()
-            if task.status is TaskStatus.QUEUED or (task.status is TaskStatus.RUNNING and not task.worker):
+            if task.status is TaskStatus.QUEUED or (task.status is TaskStatus.RUNNING and not task.worker
+                                                    and task.pipeline is None):
                 queued = task.status is TaskStatus.QUEUED
 
                 def stop_now(t: Task, queued: bool = queued) -> bool:
@@ -391,7 +418,9 @@ class RedisStore(RedisExtras, PendingInRedis):
                     t.history.append({"status": t.status.value, "at": now_iso(), "reason": "stop requested"})
                     return True
 
-                done_task, _ = self._commit(task_id, flag, flags="S", stop={"at": time.time(), "by": by})
+                # A pipeline task has no owner to poll the flag: its planner stops the nodes.
+                done_task, _ = self._commit(task_id, flag, flags="" if task.pipeline is not None else "S",
+                                            stop={"at": time.time(), "by": by})
                 return done_task
             return task
         raise StorageUnavailable("The task changed too often to be stopped; retry.")
