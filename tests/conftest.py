@@ -107,7 +107,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"server", "make_server"} or "Server(" in _source(item):
+        if fixtures & {"server", "make_server", "make_any_server", "srv"} or "Server(" in _source(item):
             item.add_marker(pytest.mark.server)
         if module in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)
@@ -122,3 +122,44 @@ def _source(item: pytest.Item) -> str:
         return inspect.getsource(item.function)  # type: ignore[attr-defined]
     except (AttributeError, OSError, TypeError):
         return ""
+
+
+BACKENDS = ["local", pytest.param("celery", marks=pytest.mark.skipif(
+    __import__("sys").platform != "linux", reason="worker hosts run on Linux only"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_any_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """Like make_server, once per backend: local (diskcache + threads) and celery (Redis + a worker host)."""
+    from tests.scaleout import make_backend_server
+
+    started: list[Server] = []
+
+    def make(storage: Path | None = None, **settings) -> Server:
+        srv = make_backend_server(request.param, storage or tmp_path / "task_storage", **settings)
+        started.append(srv)
+        try:
+            return srv.start()
+        except BaseException:
+            srv.stop()
+            raise
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str,
+                   **settings) -> Iterator[Server]:
+    """The body of a module-scoped server fixture parametrised by BACKENDS."""
+    from tests.scaleout import make_backend_server
+
+    storage = tmp_path_factory.mktemp(f"{name}-{request.param}") / "task_storage"
+    srv = make_backend_server(request.param, storage, **settings)
+    try:
+        srv.start()
+    except BaseException:
+        srv.stop()
+        raise
+    yield srv
+    srv.stop()

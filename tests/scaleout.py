@@ -109,16 +109,41 @@ class WorkerHost:
         return (self.folder / "worker.log").read_text(errors="replace")
 
 
+SERVER_ONLY = {"kind", "workers", "probe_headers", "port", "root", "storage_dir", "anonymous_role", "worker_class"}
+
+
 class CeleryServer(Server):
-    """A Server in scale-out mode with its own redis-server and worker host, all stopped with it."""
+    """A Server in scale-out mode with its own redis-server (AOF, so a restart of the whole service
+    keeps its state) and worker host, all started with it and stopped with it.
+
+    ``settings`` go to the API and to the worker host alike (the steps read theirs there).
+    """
 
     def __init__(self, storage: Path, concurrency: int = 4, **settings: Any) -> None:
-        self.redis = RedisServer(storage.parent / "redis").start()
-        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1").start()
+        self.redis = RedisServer(storage.parent / "redis", aof=True)
+        host_settings = {k: v for k, v in settings.items() if v is not None and k not in SERVER_ONLY}
+        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1", **host_settings)
         super().__init__(storage, backend="celery", redis_url=self.redis.url, **settings)
+
+    def start(self, timeout: float = 60) -> CeleryServer:
+        if self.redis.proc is None:
+            self.redis.start()
+        if self.host.proc is None:
+            self.host.start()
+        super().start(timeout)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
         code = super().stop(sig, timeout)
         self.host.stop()
         self.redis.stop()
         return code
+
+
+def make_backend_server(backend: str, storage: Path, **settings: Any) -> Server:
+    """A server (not started) in local mode or in scale-out mode."""
+    return Server(storage, **settings) if backend == "local" else CeleryServer(storage, **settings)
+
+
+def backend_of(server: Server) -> str:
+    return server.env.get("ETL_BACKEND", "local")
