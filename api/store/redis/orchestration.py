@@ -163,6 +163,16 @@ class RedisOrchestration:
         self.watch.changed(parent.task_id)
         return parent
 
+    def wait_pipeline_news(self: RedisStore, timeout: float) -> list[str]:
+        """Pipelines whose node just ended (recorded on a worker host), each handed to one API
+        process; waits up to ``timeout`` s for the first."""
+        with self._guarded():
+            first = self.r.blpop([R.K_PIPELINE_NEWS], timeout=timeout)
+            if first is None:
+                return []
+            more = self.r.lpop(R.K_PIPELINE_NEWS, 100) or []
+        return list(dict.fromkeys([first[1], *more]))
+
     def running_pipelines(self: RedisStore) -> list[str]:
         with self._guarded():
             return sorted(self.r.smembers(R.K_PIPELINES))

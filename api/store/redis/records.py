@@ -32,6 +32,7 @@ K_LEASE = PREFIX + "lease:"
 K_DUE = PREFIX + "due"  # zset id -> Redis ms when a waiting retry joins the queue
 K_DEAD = PREFIX + "dead"  # zset id -> Redis ms it was listed as a dead letter
 K_PIPELINES = PREFIX + "pipelines"  # set of running pipeline task ids
+K_PIPELINE_NEWS = PREFIX + "pipeline_news"  # list of pipeline ids whose node ended, popped by one API process
 K_TASK_KEY = PREFIX + "taskkey"  # hash id -> concurrency key of a task not yet ended
 K_TASK_LIMIT = PREFIX + "tasklimit"  # hash id -> that key's limit as the task's step declares it
 K_KEY_LIMIT = PREFIX + "keylimit"  # hash key -> limit set at run time (PUT /keys/{key})

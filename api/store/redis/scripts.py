@@ -147,6 +147,7 @@ return answer
 #   ['requeue']          a due retry joins the back of the queue
 #   ['dead'] | ['undead']  listed as a dead letter / taken off the list
 #   ['pipeline_end']     a pipeline task ended
+#   ['notify', parent]   a node task ended or waits for a retry: its pipeline has news
 #   ['child', id, step, json, deltas, event, key, limit]  a new queued node task of this pipeline
 # flags: 'S' set the stop flag, 'Q' leave the queue, 'C' claim (owner := owner, lease renewed)
 # -> {new rev, event id} | 0 (rev moved: reload and retry) | -1 (guard refused)
@@ -212,6 +213,9 @@ if ARGV[17] and ARGV[17] ~= '' then
       redis.call('ZREM', P .. 'dead', id)
     elseif kind == 'pipeline_end' then
       redis.call('SREM', P .. 'pipelines', id)
+    elseif kind == 'notify' then
+      redis.call('RPUSH', P .. 'pipeline_news', op[2])
+      redis.call('LTRIM', P .. 'pipeline_news', -10000, -1)
     elseif kind == 'child' then
       local child = op[2]
       local cseq, crecord = feed(op[6], op[4])

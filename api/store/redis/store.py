@@ -373,6 +373,8 @@ class RedisStore(RedisExtras, RedisOrchestration, RedisResources, RedisSchedules
             ops.clear()
             if extra:
                 extra(task)
+            if task.parent_id:
+                ops.append(["notify", task.parent_id])  # its pipeline moves on now (wait_pipeline_news)
             if status is TaskStatus.FAILED and self._failing(task, reason, error, ops):
                 return True  # it waits for its next attempt (retry policy)
             task.result, task.error, task.message = result, error, reason
