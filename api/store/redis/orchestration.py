@@ -152,6 +152,8 @@ class RedisOrchestration:
                           self.ttl_seconds)
         parent.rev = 1
         key, fingerprint = self._fire_idempotency() or ("", "")
+        if key:  # a schedule's occurrence: cleanup removes the key with the task
+            parent.idempotency_key, parent.idempotency_fingerprint = key, fingerprint
         with self._guarded():
             answer = self._run("INSERT_PIPELINE", parent.task_id, parent.step_name, R.encode_for_feed(parent),
                                self._deltas(parent, None), R.dumps(event_of(parent, "status")), key, fingerprint,
