@@ -192,7 +192,7 @@ def test_a_restart_in_the_middle_of_a_pipeline_loses_nothing(make_any_server, tm
     srv: Server = make_any_server(storage=storage, pipelines_dir=PIPELINES)
     started = run(srv, "restartable")
     first = started["nodes"]["first"]["task_id"]
-    srv.wait_for(first, {"running"})
+    on_a_worker(srv, first)
     srv.stop()  # SIGTERM: the workers stop their steps and shut down
     srv.start()
     final = srv.wait_for(started["task_id"], timeout=60)
