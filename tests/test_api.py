@@ -248,3 +248,17 @@ def test_orchestration_verbs_work_in_both_modes(server: Server):
     dead = {d["task_id"] for d in server.client.get("/dead-letters").json()["dead_letters"]}
     assert failed["task_id"] in dead
     assert server.client.post(f"/dead-letters/{failed['task_id']}/dismiss").status_code == 200
+
+
+def test_a_step_runs_once_and_only_where_steps_run(server: Server):
+    """Locally in an API worker's thread; in scale-out mode on a worker host only, never also in the
+    API process that admitted it (each place counts the step's calls in its own work folder)."""
+    key = f"once-{time.time_ns()}"
+    task = server.run("diag_flaky", key=key, failures=0, seconds=0.3)
+    assert server.wait_for(task["task_id"])["output"] == {"calls": 1}
+    time.sleep(0.5)
+    counter = server.storage / "runs" / "diag_flaky" / f"{key}.count"
+    if server.env.get("ETL_BACKEND") == "celery":
+        assert not counter.exists(), "the API process ran the step as well"
+    else:
+        assert counter.stat().st_size == 1
