@@ -50,8 +50,9 @@ class CeleryRunner(Runner):
         except Exception as exc:
             logger.warning("could not remove this process's heartbeat: %s", exc)
 
-    def _launch(self, task: Task) -> None:
-        """Nothing to start here: the store published the task when it won its slot."""
+    def launch(self, task: Task) -> None:
+        """Nothing to start here: the store published the task when it won its slot (Runner.launch
+        would run the step in this API process as well)."""
 
     def _loop(self) -> None:
         last_beat = last_reap = 0.0

@@ -351,7 +351,7 @@ class Execution:
                 self._ship_logs(context, final=True)
                 task = self.store.finish(self.task_id, status, reason, result=result, error=error, extra=extra,
                                          owner=self.worker.id)
-                if task is not None and task.status is not status:
+                if task is not None and task.status is not status and task.retry_due is None:
                     logger.warning("task %s: its end was not recorded: it is %s (this worker lost it)",
                                    self.task_id, task.status.value)
                 return

@@ -12,7 +12,7 @@ from api.runner import Runner
 from api.settings import Settings
 from api.store import TaskStore, make_store
 from etl import registry
-from tests.scaleout import start_server
+from tests.scaleout import BACKENDS, start_server
 from tests.server import Server
 from tests.steps import SAMPLES
 
@@ -108,7 +108,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"server", "make_server"} or _uses_backend_server(item) or \
+        if fixtures & {"server", "make_server", "make_any_server", "srv"} or _uses_backend_server(item) or \
                 any(call in _source(item) for call in ("Server(", "start_server(")):
             item.add_marker(pytest.mark.server)
         if module in BROWSER_MODULES:
@@ -131,3 +131,40 @@ def _source(item: pytest.Item) -> str:
         return inspect.getsource(item.function)  # type: ignore[attr-defined]
     except (AttributeError, OSError, TypeError):
         return ""
+
+
+@pytest.fixture(params=BACKENDS)
+def make_any_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """Like make_server, once per backend: local (diskcache + threads) and celery (Redis + a worker host)."""
+    from tests.scaleout import make_backend_server
+
+    started: list[Server] = []
+
+    def make(storage: Path | None = None, **settings) -> Server:
+        srv = make_backend_server(request.param, storage or tmp_path / "task_storage", **settings)
+        started.append(srv)
+        try:
+            return srv.start()
+        except BaseException:
+            srv.stop()
+            raise
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str,
+                   **settings) -> Iterator[Server]:
+    """The body of a module-scoped server fixture parametrised by BACKENDS."""
+    from tests.scaleout import make_backend_server
+
+    storage = tmp_path_factory.mktemp(f"{name}-{request.param}") / "task_storage"
+    srv = make_backend_server(request.param, storage, **settings)
+    try:
+        srv.start()
+    except BaseException:
+        srv.stop()
+        raise
+    yield srv
+    srv.stop()

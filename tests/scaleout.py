@@ -111,21 +111,21 @@ class WorkerHost:
         return (self.folder / "worker.log").read_text(errors="replace")
 
 
-SERVER_ARGUMENTS = {"kind", "workers", "probe_headers", "port", "root"}  # the test Server's own, not settings
+SERVER_ONLY = {"kind", "workers", "probe_headers", "port", "root", "storage_dir", "anonymous_role", "worker_class"}
 
 
 class CeleryServer(Server):
-    """A Server in scale-out mode with its own redis-server and worker host.
+    """A Server in scale-out mode with its own redis-server (AOF, so a restart of the whole service
+    keeps its state) and worker host, all started with it and stopped with it.
 
-    ``stop``/``start`` stop and start the API only (a restart or crash of the API hosts, while Redis
-    and the worker host go on); ``close`` stops all three.
+    ``settings`` go to the API and to the worker host alike (the steps read theirs there).
+    ``stop_api`` stops the API hosts only (their crash or restart, while Redis and the worker host go on).
     """
 
     def __init__(self, storage: Path, concurrency: int = 4, **settings: Any) -> None:
-        self.redis = RedisServer(storage.parent / "redis")
-        # The steps run on the worker host: it gets the same settings (trustee commands, limits, ...).
-        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1",
-                               **{k: v for k, v in settings.items() if v is not None and k not in SERVER_ARGUMENTS})
+        self.redis = RedisServer(storage.parent / "redis", aof=True)
+        host_settings = {k: v for k, v in settings.items() if v is not None and k not in SERVER_ONLY}
+        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1", **host_settings)
         super().__init__(storage, backend="celery", redis_url=self.redis.url, **settings)
 
     def start(self, timeout: float = 60) -> CeleryServer:
@@ -146,12 +146,24 @@ class CeleryServer(Server):
             time.sleep(0.2)
         raise RuntimeError(f"the worker host did not start in {timeout} s:\n{self.host.log_text()[-3000:]}")
 
-    def close(self) -> None:
+    def stop_api(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
+        return super().stop(sig, timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
         try:
-            self.stop()
+            return super().stop(sig, timeout)
         finally:
             self.host.stop()
             self.redis.stop()
+
+
+def make_backend_server(backend: str, storage: Path, **settings: Any) -> Server:
+    """A server (not started) in local mode or in scale-out mode."""
+    return Server(storage, **settings) if backend == "local" else CeleryServer(storage, **settings)
+
+
+def backend_of(server: Server) -> str:
+    return server.env.get("ETL_BACKEND", "local")
 
 
 BACKENDS = ["local", pytest.param("celery", marks=pytest.mark.skipif(
@@ -159,8 +171,8 @@ BACKENDS = ["local", pytest.param("celery", marks=pytest.mark.skipif(
 
 
 def start_server(backend: str, storage: Path, **settings: Any) -> Server:
-    """A started server in either mode, closed again if it fails to start."""
-    srv = Server(storage, **settings) if backend == "local" else CeleryServer(storage, **settings)
+    """A started server in either mode (its worker host ready too), stopped again if it fails to start."""
+    srv = make_backend_server(backend, storage, **settings)
     try:
         srv.start()
         if isinstance(srv, CeleryServer):

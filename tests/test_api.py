@@ -213,20 +213,42 @@ def test_capacity_changes_at_run_time_only_in_scale_out_mode(server: Server):
     assert server.client.post("/capacity", json={"max_concurrent_tasks": "many"}).status_code == 422
 
 
-def test_orchestration_changes_are_accepted_locally_and_a_clear_409_in_scale_out_mode(server: Server):
-    """Scale-out mode has no Redis side for schedules and keys yet: it says so instead of failing later."""
-    celery = server.env.get("ETL_BACKEND") == "celery"
-    schedule = {"id": "nightly-api-test", "step": "diag_noop", "cron": "0 3 * * *"}
-    for method, path, body in (("post", "/schedules", schedule), ("put", "/keys/portal-api-test", {"limit": 2})):
-        response = getattr(server.client, method)(path, json=body)
-        if celery:
-            assert response.status_code == 409, response.text
-            assert "ETL_BACKEND=celery" in response.json()["detail"]
-        else:
-            assert response.status_code in (200, 201), response.text
-    assert server.client.get("/schedules").status_code == 200
-    if not celery:
-        assert server.client.delete("/schedules/nightly-api-test").status_code in (200, 204)
+def test_orchestration_verbs_work_in_both_modes(server: Server):
+    """Schedules, concurrency keys and dead letters have a side in each store (Redis in scale-out mode)."""
+    schedule = {"id": "nightly-api-test", "step": "diag_noop", "cron": "0 3 * * *", "timezone": "UTC"}
+    created = server.client.post("/schedules", json=schedule)
+    assert created.status_code == 201, created.text
+    assert created.json()["next_runs"][0].endswith("T03:00:00+00:00")
+    assert server.client.post("/schedules", json=schedule).status_code == 409, "the id is taken"
+    assert server.client.post("/schedules/nightly-api-test/pause").json()["paused"] is True
+    assert "nightly-api-test" in {s["id"] for s in server.client.get("/schedules").json()["schedules"]}
+    assert server.client.get("/schedules/nightly-api-test/runs").json()["runs"] == []
+    assert server.client.delete("/schedules/nightly-api-test").status_code == 204
+    assert server.client.get("/schedules/nightly-api-test").status_code == 404
+    limit = server.client.put("/keys/portal-api-test", json={"limit": 2})
+    assert limit.status_code == 200, limit.text
+    assert server.client.get("/keys").json()["keys"]["portal-api-test"]["limit"] == 2
+    assert server.client.put("/keys/portal-api-test", json={"limit": None}).status_code == 200
+    assert "portal-api-test" not in server.client.get("/keys").json()["keys"]
+    failed = server.run("diag_fail", message="for the dead letters")
+    assert server.wait_for(failed["task_id"])["status"] == "failed"
+    dead = {d["task_id"] for d in server.client.get("/dead-letters").json()["dead_letters"]}
+    assert failed["task_id"] in dead
+    assert server.client.post(f"/dead-letters/{failed['task_id']}/dismiss").status_code == 200
+
+
+def test_a_step_runs_once_and_only_where_steps_run(server: Server):
+    """Locally in an API worker's thread; in scale-out mode on a worker host only, never also in the
+    API process that admitted it (each place counts the step's calls in its own work folder)."""
+    key = f"once-{time.time_ns()}"
+    task = server.run("diag_flaky", key=key, failures=0, seconds=0.3)
+    assert server.wait_for(task["task_id"])["output"] == {"calls": 1}
+    time.sleep(0.5)
+    counter = server.storage / "runs" / "diag_flaky" / f"{key}.count"
+    if server.env.get("ETL_BACKEND") == "celery":
+        assert not counter.exists(), "the API process ran the step as well"
+    else:
+        assert counter.stat().st_size == 1
 
 
 def test_health_in_scale_out_mode_reports_redis_and_the_live_worker_hosts(server: Server):

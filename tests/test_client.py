@@ -211,10 +211,11 @@ def test_a_server_restart_during_the_wait_still_returns_the_result(make_server, 
             time.sleep(0.05)
         # A crash, not a clean stop: the queued task can only run on the restarted server, once
         # it has found the blocker's worker dead.
-        srv.stop(signal.SIGKILL)
         if scale_out:
-            restarted = srv.start()  # the API hosts again, on the same Redis and worker host
+            srv.stop_api(signal.SIGKILL)  # the API hosts only: Redis and the worker host go on
+            restarted = srv.start()
         else:
+            srv.stop(signal.SIGKILL)
             restarted = make_server(srv.storage, port=srv.port, max_concurrent_tasks=1)
         waiter.join(90)
     assert not waiter.is_alive()

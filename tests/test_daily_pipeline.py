@@ -22,10 +22,17 @@ def portal():
     server.stop()
 
 
-def test_daily_backoffice_downloads_files_loads_and_controls(make_server, portal: Portal, tmp_path: Path):
+def settings_for(portal: Portal, tmp_path: Path) -> dict[str, str]:
+    """The portal's addresses and accounts; outputs under the server's storage folder, named
+    explicitly so that a worker host (scale-out mode) writes them where the API host reads them."""
     env = portal_env(portal, tmp_path)
     settings = {k[len("ETL_"):].lower(): v for k, v in env.items() if k not in ("ETL_OUTPUT_DIR", "ETL_WORK_DIR")}
-    srv: Server = make_server(**settings)
+    settings["output_dir"] = str(tmp_path / "task_storage" / "outputs")
+    return settings
+
+
+def test_daily_backoffice_downloads_files_loads_and_controls(make_any_server, portal: Portal, tmp_path: Path):
+    srv: Server = make_any_server(**settings_for(portal, tmp_path))
     listed = {p["name"]: p for p in srv.client.get("/pipelines").json()["pipelines"]}
     assert listed["daily_backoffice"]["valid"], listed["daily_backoffice"]["problems"]
 
@@ -61,16 +68,15 @@ def test_daily_backoffice_downloads_files_loads_and_controls(make_server, portal
         assert child["parent_id"] == pipeline_id and child["node"] == name
 
 
-def test_an_unreachable_portal_is_retried_by_its_policy_then_becomes_a_dead_letter(make_server, portal: Portal,
+def test_an_unreachable_portal_is_retried_by_its_policy_then_becomes_a_dead_letter(make_any_server, portal: Portal,
                                                                                   tmp_path: Path):
     from tests.server import free_port
 
-    env = portal_env(portal, tmp_path)
-    settings = {k[len("ETL_"):].lower(): v for k, v in env.items() if k not in ("ETL_OUTPUT_DIR", "ETL_WORK_DIR")}
+    settings = settings_for(portal, tmp_path)
     settings["portal_amplis_url"] = f"http://127.0.0.1:{free_port()}/amplis/"  # nothing listens there
     policies = tmp_path / "policies.json"
     policies.write_text('{"amplis_download": {"retry": {"max_attempts": 2, "backoff_seconds": 0.5}}}', encoding="utf-8")
-    srv: Server = make_server(step_policies_file=policies, **settings)
+    srv: Server = make_any_server(step_policies_file=policies, **settings)
     task = srv.run("amplis_download", date="2026-02-18", reports=["carteira_csv"])
     final = srv.wait_for(task["task_id"], timeout=120)
     assert final["status"] == "failed" and final["attempt"] == 2, final

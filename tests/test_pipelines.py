@@ -8,23 +8,34 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import BACKENDS, backend_server
 from tests.server import ROOT, Server
 
 PIPELINES = ROOT / "tests" / "pipelines"
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("pipelines") / "task_storage", pipelines_dir=PIPELINES,
-                    max_concurrent_tasks=6).start()
-    yield server
-    server.stop()
+@pytest.fixture(scope="module", params=BACKENDS)
+def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Pipelines behave the same in both modes: local (threads) and celery (nodes on a worker host)."""
+    yield from backend_server(request, tmp_path_factory, "pipelines", pipelines_dir=PIPELINES,
+                              max_concurrent_tasks=6)
 
 
 def run(srv: Server, name: str, **body) -> dict:
     response = srv.client.post(f"/pipelines/{name}/run", json=body)
     assert response.status_code == 202, response.text
     return response.json()
+
+
+def on_a_worker(srv: Server, task_id: str, timeout: float = 20) -> dict:
+    """The task once a worker runs it (in scale-out mode "running" starts at dispatch, before a claim)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = srv.status(task_id)
+        if state["status"] == "running" and state.get("worker"):
+            return state
+        time.sleep(0.02)
+    raise AssertionError(f"task {task_id} did not start on a worker: {state}")
 
 
 def nodes_of(state: dict) -> dict[str, dict]:
@@ -162,7 +173,7 @@ def test_a_worker_killed_under_a_node_retries_it_and_the_pipeline_goes_on(srv: S
 
     started = run(srv, "resilient")
     slow = started["nodes"]["slow"]["task_id"]
-    victim = srv.wait_for(slow, {"running"})["worker"]["pid"]
+    victim = on_a_worker(srv, slow)["worker"]["pid"]  # celery: a pool process of the worker host
     os.kill(victim, signal.SIGKILL)
     final = srv.wait_for(started["task_id"], timeout=60)
     srv.wait_workers()
@@ -176,12 +187,12 @@ def test_a_worker_killed_under_a_node_retries_it_and_the_pipeline_goes_on(srv: S
     assert [t["task_id"] for t in runs] == [after], "no node ran twice"
 
 
-def test_a_restart_in_the_middle_of_a_pipeline_loses_nothing(make_server, tmp_path: Path):
+def test_a_restart_in_the_middle_of_a_pipeline_loses_nothing(make_any_server, tmp_path: Path):
     storage = tmp_path / "task_storage"
-    srv: Server = make_server(storage=storage, pipelines_dir=PIPELINES)
+    srv: Server = make_any_server(storage=storage, pipelines_dir=PIPELINES)
     started = run(srv, "restartable")
     first = started["nodes"]["first"]["task_id"]
-    srv.wait_for(first, {"running"})
+    on_a_worker(srv, first)
     srv.stop()  # SIGTERM: the workers stop their steps and shut down
     srv.start()
     final = srv.wait_for(started["task_id"], timeout=60)

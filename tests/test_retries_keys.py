@@ -8,17 +8,17 @@ from collections.abc import Iterator
 import pytest
 
 from api.task import parse_iso
+from tests.conftest import BACKENDS, backend_server
 from tests.server import ROOT, Server
 
 POLICIES = ROOT / "tests" / "step_policies.json"
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("retries") / "task_storage", step_policies_file=POLICIES,
-                    max_concurrent_tasks=4, anonymous_role="admin").start()
-    yield server
-    server.stop()
+@pytest.fixture(scope="module", params=BACKENDS)
+def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Retries, dead letters and keys behave the same in both modes (celery: Redis admission, worker host)."""
+    yield from backend_server(request, tmp_path_factory, "retries", step_policies_file=POLICIES,
+                              max_concurrent_tasks=4, anonymous_role="admin")
 
 
 def unique(prefix: str) -> str:
@@ -134,10 +134,10 @@ def test_why_a_task_waits_for_the_global_cap(srv: Server):
     assert "waiting" not in srv.status(waiting["task_id"])
 
 
-def test_singleton_refuses_a_second_identical_run_naming_the_first(make_server, tmp_path):
+def test_singleton_refuses_a_second_identical_run_naming_the_first(make_any_server, tmp_path):
     policies = tmp_path / "policies.json"
     policies.write_text('{"diag_flaky": {"concurrency": {"key": "once:{lock}", "mode": "singleton"}}}', encoding="utf-8")
-    srv = make_server(step_policies_file=policies, anonymous_role="admin")
+    srv = make_any_server(step_policies_file=policies, anonymous_role="admin")
     first = srv.run("diag_flaky", key="s1", failures=0, seconds=2, lock="nightly")
     second = srv.client.post("/run/diag_flaky", json={"parameters": {"key": "s2", "failures": 0, "lock": "nightly"}})
     assert second.status_code == 409, second.text

@@ -8,11 +8,15 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from api.orchestration.schedules import nth_business_day, occurrences
 from api.store import TaskStore
 from api.task import Task, TaskStatus, new_task_id, now_iso
+from tests.conftest import BACKENDS
 from tests.server import Server
 
 SP = ZoneInfo("America/Sao_Paulo")
@@ -63,8 +67,36 @@ def test_a_cron_that_can_never_fire_on_business_days_has_no_occurrence():
     assert len(occurrences(every_second, at(2026, 2, 13, 23, 59, 58), 3)) == 3  # jumps over the weekend quickly
 
 
-def test_firing_the_same_occurrence_twice_is_the_same_task(store: TaskStore):
+@pytest.fixture(params=BACKENDS)
+def any_store(request: pytest.FixtureRequest, tmp_path) -> Iterator:
+    """The local store, or the Redis store on a real redis-server: the same verbs."""
+    if request.param == "local":
+        store = TaskStore(tmp_path / "st", tmp_path / "st" / "runs", tmp_path / "st" / "outputs", ttl_seconds=3600,
+                          max_running=2, max_queued=3, worker_lost_after_seconds=3)
+        store.open()
+        yield store
+        store.close()
+        return
+    from api.store.redis import RedisStore
+    from tests.scaleout import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    store = RedisStore(server.url, tmp_path / "st", tmp_path / "st" / "runs", tmp_path / "st" / "outputs",
+                       ttl_seconds=3600, max_running=2, max_queued=3, worker_lost_after_seconds=3, lease_seconds=2)
+    try:
+        store.open()
+        store.seed_shared_settings()
+        store.dispatch = lambda task_id, token: None  # no worker host here: the task stays dispatched
+        yield store
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_firing_the_same_occurrence_twice_is_the_same_task(any_store: TaskStore):
     from api.workers import WorkerInfo
+
+    store = any_store
 
     worker = WorkerInfo.this_process()
     store.heartbeat(worker)
@@ -96,8 +128,8 @@ def fired_tasks(srv: Server, schedule_id: str) -> list[dict]:
     return [srv.status(run["task_id"]) for run in runs]
 
 
-def test_crud_pause_resume_and_bad_input(make_server):
-    server: Server = make_server(anonymous_role="admin")
+def test_crud_pause_resume_and_bad_input(make_any_server):
+    server: Server = make_any_server(anonymous_role="admin")
     created = schedule(server, id="daily-noop", step="diag_noop", cron="0 7 * * *",
                        business_days={"rule": "business_days", "holiday": "skip"})
     assert created["timezone"] == "America/Sao_Paulo" and len(created["next_runs"]) == 5
@@ -133,8 +165,8 @@ def test_crud_pause_resume_and_bad_input(make_server):
     assert server.client.get("/schedules/daily-noop").status_code == 404
 
 
-def test_each_occurrence_fires_exactly_once_across_workers_and_after_the_firing_worker_is_killed(make_server):
-    srv: Server = make_server(anonymous_role="admin")
+def test_each_occurrence_fires_exactly_once_across_workers_and_after_the_firing_worker_is_killed(make_any_server):
+    srv: Server = make_any_server(anonymous_role="admin")
     schedule(srv, id="every-second", step="diag_noop", cron="* * * * * *", parameters={"hello": "schedule"})
     time.sleep(4)
     owner = srv.client.get("/schedules/every-second").json()["lease"]["owner"]
@@ -162,9 +194,9 @@ def test_each_occurrence_fires_exactly_once_across_workers_and_after_the_firing_
     assert late[0] < 1.0, "the new firer catches up, then fires on time"
 
 
-def test_missed_runs_after_downtime_follow_the_policy(make_server, tmp_path):
+def test_missed_runs_after_downtime_follow_the_policy(make_any_server, tmp_path):
     storage = tmp_path / "task_storage"
-    srv: Server = make_server(storage=storage, schedule_missed_after_seconds=2, anonymous_role="admin")
+    srv: Server = make_any_server(storage=storage, schedule_missed_after_seconds=2, anonymous_role="admin")
     occurrence = dt.datetime.fromtimestamp(int(time.time()) + 15, dt.UTC)
     cron = f"{occurrence.second} {occurrence.minute} {occurrence.hour} * * *"  # once a day, while the service is down
     schedule(srv, id="skipper", step="diag_noop", cron=cron, timezone="UTC", missed="skip")
@@ -188,10 +220,10 @@ def test_missed_runs_after_downtime_follow_the_policy(make_server, tmp_path):
     assert skipper["next_runs"][0] == tomorrow and srv.client.get("/schedules/catch-up").json()["next_runs"][0] == tomorrow
 
 
-def test_a_schedule_runs_a_pipeline(make_server):
+def test_a_schedule_runs_a_pipeline(make_any_server):
     from tests.test_pipelines import PIPELINES
 
-    srv: Server = make_server(pipelines_dir=PIPELINES, anonymous_role="admin")
+    srv: Server = make_any_server(pipelines_dir=PIPELINES, anonymous_role="admin")
     schedule(srv, id="diamond-now", pipeline="diamond", cron="* * * * * *", parameters={"seconds": 0.1})
     deadline = time.monotonic() + 20
     while not srv.client.get("/schedules/diamond-now/runs").json()["runs"] and time.monotonic() < deadline:
@@ -236,11 +268,11 @@ def test_schedules_and_fired_occurrences_survive_a_lost_cache(tmp_path):
     store.close()
 
 
-def test_a_singleton_step_skips_the_occurrences_that_find_it_still_running(make_server, tmp_path):
+def test_a_singleton_step_skips_the_occurrences_that_find_it_still_running(make_any_server, tmp_path):
     policies = tmp_path / "policies.json"
     policies.write_text('{"diag_flaky": {"concurrency": {"key": "nightly:{lock}", "mode": "singleton"}}}',
                         encoding="utf-8")
-    srv: Server = make_server(step_policies_file=policies, anonymous_role="admin")
+    srv: Server = make_any_server(step_policies_file=policies, anonymous_role="admin")
     schedule(srv, id="overlapping", step="diag_flaky", cron="* * * * * *",
              parameters={"key": "overlap", "failures": 0, "seconds": 2.5, "lock": "x"})
     time.sleep(6)

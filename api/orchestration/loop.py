@@ -32,6 +32,21 @@ class Orchestrator:
         self.last_pass = time.time()
         self._thread = threading.Thread(target=self._loop, name="etl-orchestration", daemon=True)
         self._thread.start()
+        if hasattr(self.store, "wait_pipeline_news"):
+            # Scale-out mode: nodes end on the worker hosts, and Redis tells one API process at once
+            # (the sweep would notice within PIPELINE_SWEEP_SECONDS; locally the finishing worker advances).
+            threading.Thread(target=self._follow_news, name="etl-pipeline-news", daemon=True).start()
+
+    def _follow_news(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for parent_id in self.store.wait_pipeline_news(1.0):
+                    self.pipelines.advance(parent_id)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return  # the store closed under the wait: shutting down
+                logger.warning("pipeline news: %s (retrying)", exc)
+                self._stop.wait(1)
 
     def stop(self) -> None:
         self._stop.set()

@@ -32,12 +32,14 @@ def make_store(settings: Settings) -> TaskStore:
     if settings.backend == "celery":
         from api.store.redis import RedisStore
 
-        return RedisStore(  # type: ignore[return-value]
+        store = RedisStore(  # type: ignore[assignment]
             settings.redis_url, settings.storage_dir, settings.work_dir, settings.output_dir,
             ttl_seconds=settings.task_ttl_seconds, max_running=settings.max_concurrent_tasks,
             max_queued=settings.max_queued_tasks, worker_lost_after_seconds=settings.worker_lost_after_seconds,
             lease_seconds=settings.lease_seconds,
         )
+        store.retry_decider = decide
+        return store
     store = TaskStore(
         settings.storage_dir,
         settings.work_dir,

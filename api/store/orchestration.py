@@ -37,6 +37,40 @@ def _due_key(due: float, task_id: str) -> str:
     return f"{K_DUE}{int(due * 1000):015d}:{task_id}"
 
 
+def retry_delay(decider: Callable[[Task, dict[str, Any]], float | None] | None, task: Task,
+                error: dict[str, Any] | None) -> float | None:
+    """Seconds until a failing task's next attempt, or None (no policy, not retryable, or a policy
+    that cannot decide: that must never keep the task from ending)."""
+    try:
+        return decider(task, error) if decider is not None and error else None
+    except Exception:
+        logger.exception("task %s: its retry policy failed; no retry", task.task_id)
+        return None
+
+
+def wait_for_retry(task: Task, reason: str, error: dict[str, Any], delay: float, ttl_seconds: float) -> float:
+    """Record the failed attempt and put the task back to ``queued`` until its next one (both
+    stores); returns the epoch second it is due."""
+    now = time.time()
+    worker = task.worker or {}
+    task.attempts.append({"attempt": task.attempt, "started_at": task.started_at, "ended_at": now_iso(now),
+                          "worker": f"{worker.get('host')}:{worker.get('pid')}" if worker else None,
+                          "error": {k: v for k, v in error.items() if k != "traceback"}})
+    failed_attempt = task.attempt
+    task.attempt += 1
+    due = now + delay
+    task.retry_due = now_iso(due)
+    task.worker = None
+    task.started_at = None
+    task.progress = 0.0
+    task.queue_key = None
+    limit = (task.retry or {}).get("max_attempts")
+    task.message = f"attempt {failed_attempt} failed ({error['type']}); attempt {task.attempt} at {task.retry_due}"
+    task.transition(TaskStatus.QUEUED, f"attempt {failed_attempt} failed with {error['type']}: {reason}; "
+                    f"attempt {task.attempt} of {limit} in {delay:.1f} s (no slot held while waiting)", ttl_seconds)
+    return due
+
+
 class Orchestration:
     """Pipelines, retries, dead letters and schedules (mixed into TaskStore)."""
 
@@ -45,34 +79,12 @@ class Orchestration:
     def _retry_or_list(self: TaskStore, task: Task, reason: str, error: dict[str, Any] | None) -> bool:
         """A failing task: True if it was put back to wait for its next attempt; otherwise it is
         listed as a dead letter (unless a pipeline owns it) and the caller fails it."""
-        try:
-            delay = self.retry_decider(task, error) if self.retry_decider is not None and error else None
-        except Exception:
-            # A policy that cannot decide must never keep the task from ending: no retry.
-            logger.exception("task %s: its retry policy failed; no retry", task.task_id)
-            delay = None
+        delay = retry_delay(self.retry_decider, task, error)
         if delay is None:
             self._list_dead(task, error)
             return False
-        now = time.time()
-        worker = task.worker or {}
-        task.attempts.append({"attempt": task.attempt, "started_at": task.started_at, "ended_at": now_iso(now),
-                              "worker": f"{worker.get('host')}:{worker.get('pid')}" if worker else None,
-                              "error": {k: v for k, v in error.items() if k != "traceback"}})
-        failed_attempt = task.attempt
-        task.attempt += 1
-        due = now + delay
-        task.retry_due = now_iso(due)
-        task.worker = None
-        task.started_at = None
-        task.progress = 0.0
-        task.queue_key = None
         self._mark_key(K_KEY_HELD, task, False)
-        limit = (task.retry or {}).get("max_attempts")
-        task.message = f"attempt {failed_attempt} failed ({error['type']}); attempt {task.attempt} at {task.retry_due}"
-        task.transition(TaskStatus.QUEUED, f"attempt {failed_attempt} failed with {error['type']}: {reason}; "
-                        f"attempt {task.attempt} of {limit} in {delay:.1f} s (no slot held while waiting)",
-                        self.ttl_seconds)
+        due = wait_for_retry(task, reason, error, delay, self.ttl_seconds)
         self.cache.set(_due_key(due, task.task_id), "")
         return True
 

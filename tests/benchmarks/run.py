@@ -2,7 +2,8 @@
 
     .venv/bin/python -m tests.benchmarks.run [--only NAME ...] [--worker-class uvicorn|asgi] [--pairs 5]
 
-Names: peer, roundtrip, client, burst, throughput, size, cleanup, stop, loss, footprint, memory, etl, events, ui, orchestration.
+Names: peer, roundtrip, client, burst, throughput, size, cleanup, stop, loss, footprint, memory, etl, events, ui, orchestration,
+orchestration-celery.
 `peer` runs a real redis-server and a Celery worker beside the service and measures round trip,
 burst and status rate on both in alternating pairs (tests/benchmarks/compare.py; `--pairs 2` for a
 quick look); `footprint` is the idle server's sum of PSS, `memory` a worker's memory over many
@@ -10,7 +11,8 @@ large tasks (tests/benchmarks/footprint.py). `wrk` (Debian package) is used for 
 figures when installed; without it those figures are skipped and say so. `events` and `ui` are
 the live-event and dashboard figures (tests/benchmarks/live_bench.py).
 `orchestration`: pipeline node overhead and schedule firing lateness
-(tests/benchmarks/orchestration_bench.py).
+(tests/benchmarks/orchestration_bench.py); `orchestration-celery`: the same in scale-out mode
+(redis-server, one worker host, Gunicorn; not in the default set).
 """
 
 from __future__ import annotations
@@ -330,6 +332,18 @@ def main() -> int:
 
             for row in orchestration_bench.run(make):
                 report(**row)
+        if "orchestration-celery" in wanted:
+            from tests.benchmarks import orchestration_bench
+            from tests.scaleout import CeleryServer
+
+            def make_celery(storage: Path, **settings: Any) -> Server:
+                settings.setdefault("worker_class", args.worker_class)
+                srv = CeleryServer(storage, **settings)
+                servers.append(srv)
+                return srv.start()
+
+            for row in orchestration_bench.run(make_celery):
+                report(**{**row, "figure": f"celery: {row['figure']}"})
     finally:
         for srv in servers:
             srv.stop()

@@ -246,6 +246,7 @@ class RedisExtras(FileReconciling):
                     pipe.zrem(R.K_STATUS + data["status"], task_id)
                     pipe.zrem(R.K_STEP + data["step_name"], task_id)
                     pipe.zrem(R.K_ALL, task_id)
+                    pipe.zrem(R.K_DEAD, task_id)  # an expired dead letter leaves the list with its task
                     pipe.hincrbyfloat(R.K_COUNTERS, R.SEP.join(("now", data["step_name"], data["status"])), -1)
                     doomed.append(data)
                 pipe.execute()

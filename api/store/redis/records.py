@@ -29,6 +29,19 @@ K_WORKERS = PREFIX + "workers"  # hash worker id -> heartbeat JSON
 K_CHANGES = PREFIX + "changes"  # stream of (id, rev): the JSON-file writers follow it
 K_CLEANUP = "cleanup:"  # relative to PREFIX (scripts add it): schedule, next, last, history, totals
 K_LEASE = PREFIX + "lease:"
+# Orchestration (orchestration.py, resources.py, schedules.py in this package)
+K_DUE = PREFIX + "due"  # zset id -> Redis ms when a waiting retry joins the queue
+K_DEAD = PREFIX + "dead"  # zset id -> Redis ms it was listed as a dead letter
+K_PIPELINES = PREFIX + "pipelines"  # set of running pipeline task ids
+K_PIPELINE_NEWS = PREFIX + "pipeline_news"  # list of pipeline ids whose node ended, popped by one API process
+K_TASK_KEY = PREFIX + "taskkey"  # hash id -> concurrency key of a task not yet ended
+K_TASK_LIMIT = PREFIX + "tasklimit"  # hash id -> that key's limit as the task's step declares it
+K_KEY_LIMIT = PREFIX + "keylimit"  # hash key -> limit set at run time (PUT /keys/{key})
+K_KEY_HELD = PREFIX + "keyheld:"  # set per key: ids holding one unit of it (dispatched or running)
+K_KEY_WAIT = PREFIX + "keywait:"  # zset per key: queued ids waiting for it, scored in queue order
+K_SCHEDULES = PREFIX + "schedules"  # hash schedule id -> the schedule record (JSON)
+K_FIRED = PREFIX + "fired:"  # hash per schedule: occurrence -> task id
+K_FIRED_ORDER = PREFIX + "firedorder:"  # zset per schedule: occurrence -> its epoch seconds
 
 SEP = "|"
 
@@ -108,12 +121,11 @@ def counters_from(fields: dict[str, str]) -> Counters:
             if parts[1].isdigit() and int(parts[1]) > oldest_hour:  # older ones wait for cleanup to drop them
                 data.setdefault("per_hour", {}).setdefault(parts[1], {})[parts[2]] = int(value)
         elif kind in ("durations", "queue_wait", "queue_wait_by_step", "queue_wait_by_key"):
-            if kind == "durations":
-                target = hist(data["durations"], parts[1])
-            elif kind == "queue_wait":
+            if kind == "queue_wait":
                 target = hist(data, "queue_wait")
-            else:
-                target = hist(data.setdefault(kind, {}), parts[1])
+            else:  # a key name may hold the separator: it is everything between the kind and the slot
+                target = hist(data.setdefault(kind, {}) if kind != "durations" else data["durations"],
+                              SEP.join(parts[1:-1]))
             slot = parts[-1]
             if slot == "sum":
                 target["sum"] = value

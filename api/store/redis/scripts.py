@@ -31,11 +31,41 @@ local function feed(event, record)
   end
   return seq, record
 end
+-- Concurrency keys: a task with a key holds one unit of it from its dispatch to its end
+-- (keyheld:<key>) and waits for it while queued (keywait:<key>, scored in queue order).
+local function key_of(id) return redis.call('HGET', P .. 'taskkey', id) end
+local function key_limit(key, id)
+  return tonumber(redis.call('HGET', P .. 'keylimit', key) or redis.call('HGET', P .. 'tasklimit', id) or '1')
+end
+local function key_free(key, id)
+  return not key or redis.call('SCARD', P .. 'keyheld:' .. key) < key_limit(key, id)
+end
+local function enqueue(id)
+  redis.call('RPUSH', P .. 'queue', id)
+  local key = key_of(id)
+  if key then redis.call('ZADD', P .. 'keywait:' .. key, redis.call('INCR', P .. 'qseq'), id) end
+end
+local function hold_key(id)
+  local key = key_of(id)
+  if key then
+    redis.call('ZREM', P .. 'keywait:' .. key, id)
+    redis.call('SADD', P .. 'keyheld:' .. key, id)
+  end
+end
+local function release_key(id)
+  local key = key_of(id)
+  if key then
+    redis.call('SREM', P .. 'keyheld:' .. key, id)
+    redis.call('ZREM', P .. 'keywait:' .. key, id)
+  end
+end
 """
 
 # ARGV: id, step, rev, json_run, json_queued, deltas_run, deltas_queued, max_queued, default_cap,
-#       dispatch_ms, idem_key, fingerprint, idem_json, rate_bucket, rate_per_minute, event_run, event_queued
-# -> {'run', token, event id} | {'queue', '', event id} | {'full', queued} | {'replay', json} | {'conflict', id} | {'rate', wait_s}
+#       dispatch_ms, idem_key, fingerprint, idem_json, rate_bucket, rate_per_minute, event_run, event_queued,
+#       concurrency key, its limit, singleton ('1')
+# -> {'run', token, event id} | {'queue', '', event id} | {'full', queued} | {'replay', json} | {'conflict', id}
+#    | {'rate', wait_s} | {'singleton', id of the task holding or awaiting the key}
 SUBMIT = _PROLOGUE + """
 local id, step, rev = ARGV[1], ARGV[2], ARGV[3]
 if ARGV[11] ~= '' then
@@ -60,11 +90,30 @@ if ARGV[14] ~= '' then
   redis.call('HSET', key, 'tokens', tostring(tokens - 1), 'at', now_ms)
   redis.call('PEXPIRE', key, 120000)
 end
+local key = ARGV[18]
+if key == '' then key = nil end
+if key and ARGV[20] == '1' then
+  local busy = redis.call('SMEMBERS', P .. 'keyheld:' .. key)
+  if #busy == 0 then busy = redis.call('ZRANGE', P .. 'keywait:' .. key, 0, 0) end
+  if #busy > 0 then
+    table.sort(busy)
+    return {'singleton', busy[1]}
+  end
+end
 local cap = tonumber(redis.call('GET', P .. 'cap') or ARGV[9])
 local running = redis.call('ZCARD', P .. 'running')
 local queued = redis.call('LLEN', P .. 'queue')
+local free = (not key) or redis.call('SCARD', P .. 'keyheld:' .. key) < tonumber(redis.call('HGET', P .. 'keylimit', key) or ARGV[19])
+if queued >= tonumber(ARGV[8]) and not (queued == 0 and running < cap and free) then
+  return {'full', tostring(queued)}
+end
+if key then
+  redis.call('HSET', P .. 'taskkey', id, key)
+  redis.call('HSET', P .. 'tasklimit', id, ARGV[19])
+end
 local answer
-if queued == 0 and running < cap then
+if queued == 0 and running < cap and free then
+  hold_key(id)
   local token = redis.call('INCR', P .. 'fence')
   redis.call('HSET', P .. 'run:' .. id, 'token', token)
   redis.call('ZADD', P .. 'running', now_ms + tonumber(ARGV[10]), id)
@@ -73,15 +122,13 @@ if queued == 0 and running < cap then
   redis.call('ZADD', P .. 'status:running', 0, id)
   add_counts(ARGV[6])
   answer = {'run', tostring(token), tostring(seq)}
-elseif queued < tonumber(ARGV[8]) then
-  redis.call('RPUSH', P .. 'queue', id)
+else
+  enqueue(id)
   local seq, record = feed(ARGV[17], ARGV[5])
   redis.call('HSET', P .. 'task:' .. id, 'json', record, 'rev', rev)
   redis.call('ZADD', P .. 'status:queued', 0, id)
   add_counts(ARGV[7])
   answer = {'queue', '', tostring(seq)}
-else
-  return {'full', tostring(queued)}
 end
 redis.call('ZADD', P .. 'all', 0, id)
 redis.call('ZADD', P .. 'step:' .. step, 0, id)
@@ -91,9 +138,17 @@ return answer
 """
 
 # ARGV: id, expected_rev, new_rev, json, old_status, new_status, step, guard, guard_value, flags,
-#       owner, lease_ms, expires_epoch_s, deltas, stop_json, event_json
+#       owner, lease_ms, expires_epoch_s, deltas, stop_json, event_json, ops_json
 # guard: '' | 'owner' (run owner == value) | 'token' (run token == value, no owner yet)
 #        | 'unclaimed' (dispatched, no owner) | 'expired' (lease passed, owner == value)
+#        | 'due' (a waiting retry whose time came: it leaves the due set, once)
+# ops (orchestration, api/store/redis/orchestration.py), each a JSON array:
+#   ['retry', delay_ms]  the task waits for its next attempt: slot and key freed, due in delay_ms
+#   ['requeue']          a due retry joins the back of the queue
+#   ['dead'] | ['undead']  listed as a dead letter / taken off the list
+#   ['pipeline_end']     a pipeline task ended
+#   ['notify', parent]   a node task ended or waits for a retry: its pipeline has news
+#   ['child', id, step, json, deltas, event, key, limit]  a new queued node task of this pipeline
 # flags: 'S' set the stop flag, 'Q' leave the queue, 'C' claim (owner := owner, lease renewed)
 # -> {new rev, event id} | 0 (rev moved: reload and retry) | -1 (guard refused)
 COMMIT = _PROLOGUE + """
@@ -111,6 +166,11 @@ if guard ~= '' then
   if guard == 'expired' then
     local score = redis.call('ZSCORE', P .. 'running', id)
     if not score or tonumber(score) > now_ms or (run[2] or '') ~= value then return -1 end
+  end
+  if guard == 'due' then
+    local due = redis.call('ZSCORE', P .. 'due', id)
+    if not due or tonumber(due) > now_ms then return -1 end
+    redis.call('ZREM', P .. 'due', id)
   end
 end
 local seq, record = feed(ARGV[16], ARGV[4])
@@ -132,27 +192,82 @@ if new == 'completed' or new == 'failed' or new == 'stopped' then
   redis.call('ZREM', P .. 'running', id)
   redis.call('DEL', rkey, P .. 'stop:' .. id)
   redis.call('LREM', P .. 'queue', 0, id)
+  redis.call('ZREM', P .. 'due', id)
+  release_key(id)
+  redis.call('HDEL', P .. 'taskkey', id)
+  redis.call('HDEL', P .. 'tasklimit', id)
+end
+if ARGV[17] and ARGV[17] ~= '' then
+  for _, op in ipairs(cjson.decode(ARGV[17])) do
+    local kind = op[1]
+    if kind == 'retry' then
+      redis.call('ZREM', P .. 'running', id)
+      redis.call('DEL', rkey, P .. 'stop:' .. id)
+      release_key(id)
+      redis.call('ZADD', P .. 'due', now_ms + tonumber(op[2]), id)
+    elseif kind == 'requeue' then
+      enqueue(id)
+    elseif kind == 'dead' then
+      redis.call('ZADD', P .. 'dead', now_ms, id)
+    elseif kind == 'undead' then
+      redis.call('ZREM', P .. 'dead', id)
+    elseif kind == 'pipeline_end' then
+      redis.call('SREM', P .. 'pipelines', id)
+    elseif kind == 'notify' then
+      redis.call('RPUSH', P .. 'pipeline_news', op[2])
+      redis.call('LTRIM', P .. 'pipeline_news', -10000, -1)
+    elseif kind == 'child' then
+      local child = op[2]
+      local cseq, crecord = feed(op[6], op[4])
+      redis.call('HSET', P .. 'task:' .. child, 'json', crecord, 'rev', 1)
+      redis.call('ZADD', P .. 'status:queued', 0, child)
+      redis.call('ZADD', P .. 'all', 0, child)
+      redis.call('ZADD', P .. 'step:' .. op[3], 0, child)
+      if op[7] ~= '' then
+        redis.call('HSET', P .. 'taskkey', child, op[7])
+        redis.call('HSET', P .. 'tasklimit', child, op[8])
+      end
+      enqueue(child)
+      add_counts(op[5])
+      changed(child, 1)
+    end
+  end
 end
 add_counts(ARGV[14])
 changed(id, ARGV[3])
 return {tonumber(ARGV[3]), seq}
 """
 
-# A slot for the head of the queue. ARGV: default_cap, dispatch_ms -> {id, token} | false
+# A slot under the global cap for the oldest queued task whose concurrency key is below its
+# limit (the slot and the key unit are taken together). Tasks waiting for a busy key keep their
+# place; the ones behind them may start. ARGV: default_cap, dispatch_ms -> {id, token} | false
 RESERVE = _PROLOGUE + """
 local cap = tonumber(redis.call('GET', P .. 'cap') or ARGV[1])
 if redis.call('ZCARD', P .. 'running') >= cap then return false end
-while true do
-  local id = redis.call('LPOP', P .. 'queue')
-  if not id then return false end
-  if redis.call('ZSCORE', P .. 'status:queued', id) then
-    local token = redis.call('INCR', P .. 'fence')
-    redis.call('DEL', P .. 'run:' .. id)
-    redis.call('HSET', P .. 'run:' .. id, 'token', token)
-    redis.call('ZADD', P .. 'running', now_ms + tonumber(ARGV[2]), id)
-    return {id, tostring(token)}
+local queue = P .. 'queue'
+local start, chosen, stale = 0, nil, {}
+while not chosen do
+  local page = redis.call('LRANGE', queue, start, start + 99)
+  for _, id in ipairs(page) do
+    if not redis.call('ZSCORE', P .. 'status:queued', id) then
+      stale[#stale + 1] = id
+    elseif key_free(key_of(id), id) then
+      chosen = id
+      break
+    end
   end
+  if #page < 100 then break end
+  start = start + 100
 end
+for _, id in ipairs(stale) do redis.call('LREM', queue, 0, id) end
+if not chosen then return false end
+redis.call('LREM', queue, 1, chosen)
+hold_key(chosen)
+local token = redis.call('INCR', P .. 'fence')
+redis.call('DEL', P .. 'run:' .. chosen)
+redis.call('HSET', P .. 'run:' .. chosen, 'token', token)
+redis.call('ZADD', P .. 'running', now_ms + tonumber(ARGV[2]), chosen)
+return {chosen, tostring(token)}
 """
 
 # A dispatched task nobody claimed in time gets a new token (the old message becomes a no-op).

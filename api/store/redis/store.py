@@ -8,7 +8,6 @@ the lease; its outcome is recorded only while it still owns the task.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -29,8 +28,12 @@ from api.store.events import event_of
 from api.store.files import StoragePaths
 from api.store.redis import records as R
 from api.store.redis import scripts
+from api.store.redis.ending import COMMIT_RETRIES, RedisEnding
+from api.store.redis.errors import translated as _translated
 from api.store.redis.extras import RedisExtras
-from api.store.redis.pending import PendingInRedis
+from api.store.redis.orchestration import INSERT_PIPELINE, RedisOrchestration
+from api.store.redis.resources import RedisResources
+from api.store.redis.schedules import RedisSchedules
 from api.store.watch import TaskWatch
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import WorkerInfo
@@ -38,26 +41,10 @@ from api.workers import WorkerInfo
 logger = logging.getLogger(__name__)
 
 QUEUE_FULL_RETRY_SECONDS = 5
-COMMIT_RETRIES = 50
 TTL_READ_SECONDS = 10.0
 
 
-def _translated(method: Callable) -> Callable:
-    """Redis unreachable or failing -> StorageUnavailable (503), never a 500."""
-
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StorageUnavailable(f"The task store (Redis) cannot be reached: {exc}.") from exc
-        except redis.RedisError as exc:
-            raise StorageUnavailable(f"The task store (Redis) refused the request: {exc}.") from exc
-
-    return call
-
-
-class RedisStore(RedisExtras, PendingInRedis):
+class RedisStore(RedisEnding, RedisExtras, RedisOrchestration, RedisResources, RedisSchedules):
     """All task state shared between API hosts and worker hosts, in Redis."""
 
     def __init__(self, url: str, root: Any, work_root: Any, output_root: Any, *, ttl_seconds: float,
@@ -74,6 +61,8 @@ class RedisStore(RedisExtras, PendingInRedis):
         # Unclaimed dispatches get a new token after this (a message lost with a host, or a backlog).
         self.dispatch_seconds = max(10.0, 3 * lease_seconds)
         self.lost_reason: str | None = None
+        # (task, error) -> seconds until the next attempt, or None: the retry policy (api/orchestration/retries.py)
+        self.retry_decider: Callable[[Task, dict[str, Any]], float | None] | None = None
         self.dispatch: Callable[[str, str], None] | None = None  # publishes (task id, token)
         self._r: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -92,6 +81,7 @@ class RedisStore(RedisExtras, PendingInRedis):
         for name in ("SUBMIT", "COMMIT", "RESERVE", "REDISPATCH", "RENEW", "ACQUIRE_LEASE", "RELEASE_LEASE",
                      "RECORD_WITH_LEASE", "HEARTBEAT"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
+        self._scripts["INSERT_PIPELINE"] = self._r.register_script(INSERT_PIPELINE)
 
     def close(self) -> None:
         self.stop_file_writer()
@@ -172,20 +162,23 @@ class RedisStore(RedisExtras, PendingInRedis):
         if previous is None:
             counters.submitted(task.step_name)
         if started and task.worker:
-            # From the latest time it (re)joined the queue, as in local mode.
+            # From the latest time it (re)joined the queue: a retry's wait excludes its earlier attempts.
             queued_at = next((h["at"] for h in reversed(task.history) if h["status"] == "queued"), task.created_at)
             waited = max(0.0, time.time() - parse_iso(queued_at))
-            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited, task.step_name)
+            counters.started(f"{task.worker['host']}:{task.worker['pid']}", waited, task.step_name,
+                             (task.concurrency or {}).get("key"))
         if task.status.terminal and previous is not task.status:
             counters.ended(task.step_name, task.status.value, task.duration_seconds)
         return R.flat_deltas(counters)
 
     def _commit(self, task_id: str, change: Callable[[Task], bool], guard: str = "", value: str = "",
-                flags: str = "", owner: str = "", stop: Any = None, started: bool = False) -> tuple[Task | None, bool]:
+                flags: str = "", owner: str = "", stop: Any = None, started: bool = False,
+                ops: list | None = None) -> tuple[Task | None, bool]:
         """Apply ``change`` and commit it if the record did not move meanwhile (else retry).
 
         Returns (task, committed): the task as stored, and whether this change was written (False:
-        ``change`` declined, or the guard refused it).
+        ``change`` declined, or the guard refused it). ``ops``: the orchestration side of the
+        change (scripts.COMMIT), which ``change`` may fill in.
         """
         for _ in range(COMMIT_RETRIES):
             raw = self.r.hmget(R.K_TASK + task_id, "json", "rev")
@@ -202,7 +195,7 @@ class RedisStore(RedisExtras, PendingInRedis):
             done = self._run("COMMIT", task_id, raw[1], task.rev, R.encode_for_feed(task), previous.value,
                              task.status.value, task.step_name, guard, value, flags, owner,
                              int(self.lease_seconds * 1000), expires, self._deltas(task, previous, started),
-                             R.dumps(stop), R.dumps(event_of(task, kind)))
+                             R.dumps(stop), R.dumps(event_of(task, kind)), R.dumps(ops) if ops else "")
             if done == -1:
                 return self._load(task_id), False
             if done:
@@ -236,16 +229,27 @@ class RedisStore(RedisExtras, PendingInRedis):
         running = task
         running.message = "dispatched to the worker hosts"
         running.transition(TaskStatus.RUNNING, "dispatched: a slot was free", self.ttl_seconds)
-        key, fingerprint = idempotency or ("", "")
+        key, fingerprint = idempotency or self._fire_idempotency() or ("", "")
+        if key and not task.idempotency_key and not idempotency:
+            queued.idempotency_key = running.idempotency_key = key  # a schedule's occurrence: fired once
+            queued.idempotency_fingerprint = running.idempotency_fingerprint = fingerprint
         bucket, per_minute = rate or ("", 0)
+        concurrency = task.concurrency or {}
         answer = self._run("SUBMIT", task.task_id, task.step_name, 1, R.encode_for_feed(running),
                            R.encode_for_feed(queued), self._deltas(running, None), self._deltas(queued, None),
                            self.max_queued, self.default_cap, int(self.dispatch_seconds * 1000), key, fingerprint,
                            R.dumps({"task_id": task.task_id, "fingerprint": fingerprint}), bucket, per_minute,
-                           R.dumps(event_of(running, "status")), R.dumps(event_of(queued, "status")))
+                           R.dumps(event_of(running, "status")), R.dumps(event_of(queued, "status")),
+                           concurrency.get("key") or "", concurrency.get("limit", 1),
+                           "1" if concurrency.get("mode") == "singleton" else "")
         kind = answer[0]
         if kind == "replay":
+            self._fire_replayed()
             return R.decode(answer[1]), True
+        if kind == "singleton":
+            raise Conflict(f"A {task.step_name} task with key {concurrency['key']} is already running or waiting "
+                           f"(task {answer[1]}); this step runs one at a time.", task_id=answer[1],
+                           key=concurrency["key"])
         if kind == "conflict":
             raise Conflict("This Idempotency-Key was already used with a different request "
                            f"(task {answer[1]}); use a new key.", task_id=answer[1])
@@ -340,112 +344,3 @@ class RedisStore(RedisExtras, PendingInRedis):
         if len(lines) > room:
             lines = lines[: room - 1] + [f"... log truncated at {max_lines} lines"]
         self.r.rpush(key, *lines)
-
-    # --- ending, stopping, progress --------------------------------------------------------
-
-    @_translated
-    def finish(self, task_id: str, status: TaskStatus, reason: str, *, result: Any = None,
-               error: dict[str, Any] | None = None, extra: Callable[[Task], None] | None = None,
-               owner: str | None = None, guard: str | None = None) -> Task | None:
-        """Move a task to a terminal state while ``owner`` still owns it (fencing)."""
-
-        def change(task: Task) -> bool:
-            if task.status.terminal:
-                return False
-            if extra:
-                extra(task)
-            task.result, task.error, task.message = result, error, reason
-            task.transition(status, reason, self.ttl_seconds)
-            return True
-
-        kind = guard or ("owner" if owner is not None else "")
-        task, _ = self._commit(task_id, change, guard=kind, value=owner or "")
-        return task
-
-    @_translated
-    def request_stop(self, task_id: str, by: dict[str, Any] | None) -> Task:
-        """Stop a queued or dispatched task now, or flag a running one for its owner."""
-        self.get(task_id)
-        for _ in range(COMMIT_RETRIES):
-            task = self._load(task_id)
-            if task is None:
-                raise TaskNotFound()
-            if task.status is TaskStatus.QUEUED or (task.status is TaskStatus.RUNNING and not task.worker):
-                queued = task.status is TaskStatus.QUEUED
-
-                def stop_now(t: Task, queued: bool = queued) -> bool:
-                    if t.status.terminal or t.worker:
-                        return False
-                    t.stopped_by, t.stop_requested = by, True
-                    t.message = "stopped before it started"
-                    t.transition(TaskStatus.STOPPED, "stop requested while queued" if queued
-                                 else "stop requested before a worker started it", self.ttl_seconds)
-                    return True
-
-                done_task, done = self._commit(task_id, stop_now, guard="" if queued else "unclaimed",
-                                               flags="Q" if queued else "")
-                if done or (done_task is not None and done_task.status.terminal):
-                    return done_task
-                continue
-            if task.status is TaskStatus.RUNNING and not task.stop_requested:
-
-                def flag(t: Task) -> bool:
-                    if t.status is not TaskStatus.RUNNING or t.stop_requested:
-                        return False
-                    t.stop_requested, t.stopped_by, t.message = True, by, "stop requested"
-                    t.history.append({"status": t.status.value, "at": now_iso(), "reason": "stop requested"})
-                    return True
-
-                done_task, _ = self._commit(task_id, flag, flags="S", stop={"at": time.time(), "by": by})
-                return done_task
-            return task
-        raise StorageUnavailable("The task changed too often to be stopped; retry.")
-
-    @_translated
-    def save_progress(self, task_id: str, progress: float, message: str, log_tail: list[str],
-                      log_lines: int, artifacts: list[str], owner: str | None = None) -> None:
-        def change(task: Task) -> bool:
-            if task.status is not TaskStatus.RUNNING:
-                return False
-            task.progress, task.message, task.log_tail = progress, message, log_tail
-            task.log_lines, task.artifacts = log_lines, artifacts
-            return True
-
-        self._commit(task_id, change, guard="owner" if owner else "", value=owner or "")
-
-    # --- lost workers and lost dispatches -------------------------------------------------
-
-    @_translated
-    def redis_uptime_seconds(self) -> float:
-        return float(self.r.info("server")["uptime_in_seconds"])
-
-    @_translated
-    def reap_lost(self, only_pid: int | None = None) -> list[str]:
-        """Fail tasks whose owner's lease ran out (WorkerLost); dispatch unclaimed ones again.
-
-        Only once Redis has been up longer than two lease periods: after a Redis restart the
-        workers need that long to renew, and an old score must not read as a dead worker.
-        """
-        if only_pid is not None:
-            return []  # API processes own no tasks in this mode (Gunicorn's child_exit)
-        if self.redis_uptime_seconds() <= 2 * self.lease_seconds:
-            return []
-        seconds, micros = self.r.time()
-        now_ms = seconds * 1000 + micros // 1000
-        lost = []
-        for task_id in self.r.zrangebyscore(R.K_RUNNING, "-inf", now_ms, start=0, num=500):
-            owner = self.r.hget(R.K_RUN + task_id, "owner") or ""
-            if not owner:
-                token = self._run("REDISPATCH", task_id, int(self.dispatch_seconds * 1000))
-                if token:
-                    logger.warning("task %s: no worker took it in %.0f s; dispatching it again",
-                                   task_id, self.dispatch_seconds)
-                    self._dispatch(task_id, token)
-                continue
-            reason = f"worker {owner} stopped renewing its lease while running the task"
-            task = self.finish(task_id, TaskStatus.FAILED, reason, owner=owner, guard="expired",
-                               error={"type": "WorkerLost", "message": reason, "traceback": None})
-            if task is not None and task.error and task.error.get("type") == "WorkerLost":
-                logger.warning("task %s: %s", task_id, reason)
-                lost.append(task_id)
-        return lost
