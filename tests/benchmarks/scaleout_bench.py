@@ -230,7 +230,9 @@ def timed_burst(srv: Server, pids: list[int], total: int, step: str = "diag_noop
 
 def host_scaling(cluster: Cluster, rounds: int, seconds: float, per_host: int) -> list[dict[str, Any]]:
     """tasks/s of ``seconds``-long diag_sleep tasks with 1, 2, 3 hosts; ascending in even rounds,
-    descending in odd ones (one host started or stopped between configurations)."""
+    descending in odd ones (one host started or stopped between configurations). ``per_host`` is
+    rounded down to whole waves of the host's slots, so the ideal rate is count x slots / seconds."""
+    per_host = max(CONCURRENCY, per_host // CONCURRENCY * CONCURRENCY)
     rates: dict[int, list[float]] = {n: [] for n in HOST_COUNTS}
     cores: dict[int, list[float]] = {n: [] for n in HOST_COUNTS}
     speedup: dict[int, list[float]] = {n: [] for n in HOST_COUNTS}
