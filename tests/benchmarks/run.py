@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.benchmarks.run [--only NAME ...] [--worker-class uvicorn|asgi] [--pairs 5]
 
 Names: peer, roundtrip, client, burst, throughput, size, cleanup, stop, loss, footprint, memory, etl, events, ui, orchestration,
-orchestration-celery.
+orchestration-celery, scaleout.
 `peer` runs a real redis-server and a Celery worker beside the service and measures round trip,
 burst and status rate on both in alternating pairs (tests/benchmarks/compare.py; `--pairs 2` for a
 quick look); `footprint` is the idle server's sum of PSS, `memory` a worker's memory over many
@@ -12,7 +12,9 @@ figures when installed; without it those figures are skipped and say so. `events
 the live-event and dashboard figures (tests/benchmarks/live_bench.py).
 `orchestration`: pipeline node overhead and schedule firing lateness
 (tests/benchmarks/orchestration_bench.py); `orchestration-celery`: the same in scale-out mode
-(redis-server, one worker host, Gunicorn; not in the default set).
+(redis-server, one worker host, Gunicorn; not in the default set). `scaleout`: celery mode beside
+local mode and plain Celery on one Redis, 1 vs 2 vs 3 worker hosts, WorkerLost detection
+(tests/benchmarks/scaleout_bench.py; redis-server; not in the default set).
 """
 
 from __future__ import annotations
@@ -278,6 +280,8 @@ def main() -> int:
     parser.add_argument("--worker-class", default="uvicorn", choices=["uvicorn", "asgi"])
     parser.add_argument("--memory-rows", type=int, default=200_000, help="rows per side of the memory figure's task")
     parser.add_argument("--memory-runs", type=int, default=20, help="tasks of the memory figure")
+    parser.add_argument("--sleep-tasks-per-host", type=int, default=200,
+                        help="scaleout: 0.05 s tasks per worker host in the 1/2/3-host figure")
     compare.add_arguments(parser)
     args = parser.parse_args()
     wanted = set(args.only) if args.only else {"peer", "roundtrip", "client", "burst", "throughput", "size", "cleanup",
@@ -344,6 +348,11 @@ def main() -> int:
 
             for row in orchestration_bench.run(make_celery):
                 report(**{**row, "figure": f"celery: {row['figure']}"})
+        if "scaleout" in wanted:
+            from tests.benchmarks import scaleout_bench
+
+            for row in scaleout_bench.run(args, scratch):
+                report(**row)
     finally:
         for srv in servers:
             srv.stop()
