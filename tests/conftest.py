@@ -136,35 +136,13 @@ def _source(item: pytest.Item) -> str:
 @pytest.fixture(params=BACKENDS)
 def make_any_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     """Like make_server, once per backend: local (diskcache + threads) and celery (Redis + a worker host)."""
-    from tests.scaleout import make_backend_server
-
     started: list[Server] = []
 
     def make(storage: Path | None = None, **settings) -> Server:
-        srv = make_backend_server(request.param, storage or tmp_path / "task_storage", **settings)
+        srv = start_server(request.param, storage or tmp_path / "task_storage", **settings)
         started.append(srv)
-        try:
-            return srv.start()
-        except BaseException:
-            srv.stop()
-            raise
+        return srv
 
     yield make
     for srv in started:
-        srv.stop()
-
-
-def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str,
-                   **settings) -> Iterator[Server]:
-    """The body of a module-scoped server fixture parametrised by BACKENDS."""
-    from tests.scaleout import make_backend_server
-
-    storage = tmp_path_factory.mktemp(f"{name}-{request.param}") / "task_storage"
-    srv = make_backend_server(request.param, storage, **settings)
-    try:
-        srv.start()
-    except BaseException:
-        srv.stop()
-        raise
-    yield srv
-    srv.stop()
+        srv.close()

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
-from tests.conftest import BACKENDS, backend_server
+from tests.scaleout import backend_server
 from tests.server import ROOT, Server
 
 PIPELINES = ROOT / "tests" / "pipelines"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Pipelines behave the same in both modes: local (threads) and celery (nodes on a worker host)."""
-    yield from backend_server(request, tmp_path_factory, "pipelines", pipelines_dir=PIPELINES,
-                              max_concurrent_tasks=6)
+# Pipelines behave the same in both modes: local (threads) and celery (nodes on a worker host).
+srv = backend_server(pipelines_dir=PIPELINES, max_concurrent_tasks=6)
 
 
 def run(srv: Server, name: str, **body) -> dict:

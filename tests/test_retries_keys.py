@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 
 from api.task import parse_iso
-from tests.conftest import BACKENDS, backend_server
+from tests.scaleout import backend_server
 from tests.server import ROOT, Server
 
 POLICIES = ROOT / "tests" / "step_policies.json"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Retries, dead letters and keys behave the same in both modes (celery: Redis admission, worker host)."""
-    yield from backend_server(request, tmp_path_factory, "retries", step_policies_file=POLICIES,
-                              max_concurrent_tasks=4, anonymous_role="admin")
+# Retries, dead letters and keys behave the same in both modes (celery: Redis admission, worker host).
+srv = backend_server(step_policies_file=POLICIES, max_concurrent_tasks=4, anonymous_role="admin")
 
 
 def unique(prefix: str) -> str:
