@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import Operator, ServicesDep, Viewer, client_of
@@ -17,6 +17,7 @@ from api.errors import BadRequest, InvalidParameters, NotFound, WrongState, desc
 from api.json_body import StrictJsonRoute
 from api.schemas import GUARDED, StopAnswer, TaskAccepted, TaskList, answer, errors
 from api.store import StoreBusy
+from api.store.cachedb import encode
 from api.task import TaskStatus, is_task_id, mask_secrets
 from etl import registry, secrets
 from etl.errors import UnknownStep
@@ -121,14 +122,21 @@ async def task_status(
     services: ServicesDep,
     _: Viewer,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Long-poll: wait up to N s for a change.")] = 0,
-) -> JSONResponse:
+) -> Response:
     """The task's state; with `wait`, answers as soon as its state or progress changes."""
-    task = await services.store.wait_change(task_id, wait) if wait else services.store.get(task_id)
+    store = services.store
+    if wait:
+        task = await store.wait_change(task_id, wait)
+    else:
+        # An ended task's answer comes encoded from the store (the local one keeps it per task).
+        task = getattr(store, "status_answer", store.get)(task_id)
+        if type(task) is bytes:
+            return Response(task, media_type="application/json")
     view = task.status_view()
     if task.status is TaskStatus.QUEUED:
-        view["waiting"] = services.store.why_waiting(task)  # why it waits, for what, and until about when
-    # A JSONResponse skips FastAPI's response validation and encoding: this is the hottest endpoint.
-    return JSONResponse(view)
+        view["waiting"] = store.why_waiting(task)  # why it waits, for what, and until about when
+    # Encoded here, not by FastAPI's response validation and encoding: this is the hottest endpoint.
+    return Response(encode(view), media_type="application/json")
 
 
 @router.get(OUTPUT_PATH, name="task_output", summary="A task's result or error",

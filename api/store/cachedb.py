@@ -204,3 +204,18 @@ def key_count(cache: diskcache.Cache, prefix: str) -> int:
     ).fetchone()
     return count
 
+
+
+
+NOT_INLINE = object()
+
+
+def get_raw(cache: diskcache.Cache, key: str) -> Any:
+    """The JSON text stored under ``key``, not decoded (one statement): None if there is no such
+    row, NOT_INLINE if its value lives in a file (read it the usual way then)."""
+    row = cache._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1 "
+                     "AND (expire_time IS NULL OR expire_time > ?)", (key, time.time())).fetchone()
+    if row is None:
+        return None
+    mode, filename, value = row
+    return value if mode == diskcache.core.MODE_RAW and filename is None and type(value) is str else NOT_INLINE

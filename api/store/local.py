@@ -58,6 +58,7 @@ from api.store.signing import SigningKey
 from api.store.resources import Resources
 from api.store.schedules import ScheduleRecords
 from api.store.watch import TaskWatch
+from api.store.writelock import WriteLock
 from api.task import Task, TaskStatus, is_task_id, now_iso, parse_iso
 from api.workers import WorkerInfo
 
@@ -106,7 +107,10 @@ class TaskStore(Ending, TaskFiles, Cleanup, Liveness, Reading, EventLog, Signing
         self.lost_reason: str | None = None  # set once the cache database is found deleted or replaced
         self._writer: FileWriter | None = None
         self._write_lock = threading.RLock()
+        self._txn_depth = 0  # nesting of _transaction in the thread holding _write_lock
+        self._process_lock: WriteLock | None = None
         self._alive_seen: tuple[float, set[str]] = (0.0, set())
+        self._status_bodies: dict[str, tuple[str, float, bytes]] = {}  # task id -> (row, expires, /status body)
         self._files_done: dict[str, int] = {}  # task id -> revision this process's writer put on disk
         self.watch = TaskWatch()
         self._logs = LogIndex()
@@ -124,6 +128,7 @@ class TaskStore(Ending, TaskFiles, Cleanup, Liveness, Reading, EventLog, Signing
                     folder.chmod(0o700)
         self._cache = open_cache(self.paths.cache_dir, self._cache_timeout)
         self._db_fd = os.open(self.paths.cache_dir / CACHE_DB, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._process_lock = WriteLock(self.paths.cache_dir)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -135,6 +140,9 @@ class TaskStore(Ending, TaskFiles, Cleanup, Liveness, Reading, EventLog, Signing
         if self._db_fd is not None:
             os.close(self._db_fd)
             self._db_fd = None
+        if self._process_lock is not None:
+            self._process_lock.close()
+            self._process_lock = None
 
     def check_database(self) -> None:
         """StorageUnavailable once the cache database file is gone or replaced under us.
@@ -174,14 +182,23 @@ class TaskStore(Ending, TaskFiles, Cleanup, Liveness, Reading, EventLog, Signing
     def _transaction(self, wait: bool = True) -> Iterator[None]:
         """One write transaction (re-entrant within a thread).
 
-        Threads of this process queue on a lock; other processes are waited for with a short
-        back-off. SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more, which dominated task
-        latency under contention, so the connection's busy timeout is 0 and the wait is ours.
+        Threads of this process queue on a lock, and the processes on the store's write lock
+        (writelock.py: asleep in the kernel until the holder commits). A writer that cannot take
+        that lock (Windows; the event loop's thread, which must not sleep) waits for SQLite with a
+        short back-off. SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more, which dominated
+        task latency under contention, so the connection's busy timeout is 0 and the wait is ours.
         With ``wait=False`` a taken lock raises StoreBusy at once (for callers on an event loop).
         """
         if not self._write_lock.acquire(blocking=wait):
             raise StoreBusy()
+        lock = self._process_lock if self._txn_depth == 0 else None
+        self._txn_depth += 1
+        locked = False
         try:
+            if lock is not None:
+                locked = lock.acquire(block=wait)
+                if not locked and not wait and lock.enabled:
+                    raise StoreBusy()
             with self._guard(), contextlib.ExitStack() as stack:
                 deadline = time.monotonic() + self._cache_timeout
                 delay = 50e-6
@@ -198,6 +215,9 @@ class TaskStore(Ending, TaskFiles, Cleanup, Liveness, Reading, EventLog, Signing
                         delay = min(delay * 2, 2e-3)
                 yield
         finally:
+            self._txn_depth -= 1
+            if locked:
+                lock.release()
             self._write_lock.release()
 
     def _read(self, read: Callable[[], Any]) -> Any:

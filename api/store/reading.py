@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from api.store.cachedb import get_many
+import orjson
+
+from api.errors import TaskNotFound
+from api.store.cachedb import NOT_INLINE, encode, get_many, get_raw
 from api.store.counters import Counters
-from api.store.keys import K_COUNTERS, K_STATUS, K_STEP
-from api.task import Task, TaskStatus
+from api.store.keys import K_COUNTERS, K_STATUS, K_STEP, K_TASK
+from api.task import Task, TaskStatus, is_task_id, parse_iso
 
 if TYPE_CHECKING:
     from api.store.local import TaskStore
@@ -23,6 +27,8 @@ STEP_SCAN_LIMIT = 20_000
 # Long-polls check the store for changes made by other workers this often (backing off).
 WAIT_FIRST_POLL_SECONDS = 0.002
 WAIT_MAX_POLL_SECONDS = 0.05
+# Encoded /status bodies of ended tasks kept per process (about 1 kB each).
+STATUS_BODIES_KEPT = 2048
 
 
 class Reading:
@@ -75,6 +81,36 @@ class Reading:
             if scanned >= STEP_SCAN_LIMIT and len(ids) < want:
                 return ids, before
         return ids[:want], None
+
+    def status_answer(self: TaskStore, task_id: str) -> Task | bytes:
+        """GET /status without waiting: an ended task's encoded view (bytes), else the task.
+
+        An ended task's view no longer changes, so its bytes are kept and served again while the
+        task's stored row is the same text (one indexed read, no decoding): a change or removal
+        of the row by any process is seen at once. TaskNotFound as for ``get``.
+        """
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        text = self._read(lambda: get_raw(self.cache, K_TASK + task_id))
+        if text is None:
+            raise TaskNotFound()
+        if text is NOT_INLINE:
+            return self.get(task_id)
+        kept = self._status_bodies.get(task_id)
+        if kept is not None and kept[0] == text:
+            if kept[1] <= time.time():
+                raise TaskNotFound()
+            return kept[2]
+        task = Task.from_dict(orjson.loads(text))
+        if task.expired():
+            raise TaskNotFound()
+        if not task.status.terminal:
+            return task
+        body = encode(task.status_view()).encode()
+        if len(self._status_bodies) >= STATUS_BODIES_KEPT:
+            self._status_bodies.clear()
+        self._status_bodies[task_id] = (text, parse_iso(task.expires_at) if task.expires_at else math.inf, body)
+        return body
 
     def counters(self: TaskStore) -> Counters:
         """Every count /stats and /metrics report (one read, whatever the number of tasks)."""
