@@ -47,7 +47,9 @@ class LocalTask:
     done: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
     stop_seen: float | None = None
-    last_flush: float = 0.0
+    # The first progress flush comes a flush period after the start: a short task's progress is
+    # recorded once, with its end, instead of costing a write transaction of its own.
+    last_flush: float = field(default_factory=time.monotonic)
     ending: bool = False  # the step returned; its end is being recorded
 
 
@@ -374,7 +376,7 @@ class Runner:
                 if now - item.stop_seen > self.settings.stop_grace_seconds and context.stop_reason != "shutdown":
                     self._abandon(item)
                     continue
-            if context.changed.is_set() and now - item.last_flush >= PROGRESS_FLUSH_SECONDS:
+            if context.changed.is_set() and not item.ending and now - item.last_flush >= PROGRESS_FLUSH_SECONDS:
                 context.changed.clear()
                 item.last_flush = now
                 self.store.save_progress(item.task_id, context.progress, context.message, list(context.log_tail),
