@@ -20,6 +20,7 @@ from api.store import TaskStore
 from api.trust import client_address
 
 if TYPE_CHECKING:
+    from api.admission_group import AdmissionGroup
     from api.orchestration.loop import Orchestrator
     from api.orchestration.pipelines import Pipelines
     from api.orchestration.schedules import Schedules
@@ -38,6 +39,7 @@ class Services:
     pipelines: Pipelines | None = None
     schedules: Schedules | None = None
     orchestrator: Orchestrator | None = None
+    admission: AdmissionGroup | None = None  # the local store's grouped admission (api/admission_group.py)
 
 
 # Dependencies are async on purpose: a sync dependency is run in the thread pool, which costs

@@ -10,6 +10,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api.admission_group import AdmissionGroup
 from api.audit import AuditLog
 from api.auth import KeyRing
 from api.deps import Services
@@ -59,8 +60,9 @@ def build_services(settings: Settings) -> Services:
     schedules = Schedules(store, runner, pipelines, settings)
     orchestrator = Orchestrator(store, runner, pipelines, schedules)
     orchestrator.start()
+    admission = AdmissionGroup(runner) if hasattr(store, "submit_group") else None
     return Services(settings, store, runner, scheduler, KeyRing.from_settings(settings), audit,
-                    pipelines=pipelines, schedules=schedules, orchestrator=orchestrator)
+                    pipelines=pipelines, schedules=schedules, orchestrator=orchestrator, admission=admission)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.errors import ShuttingDown, StorageUnavailable
+from api.errors import ApiError, ShuttingDown, StorageUnavailable
 from api.orchestration.policies import StepPolicies
 from api.settings import Settings
 from api.store import TaskStore
@@ -210,6 +210,24 @@ class Runner:
             else:
                 self._wake.set()
         return task, replayed
+
+    def submit_group(self, requests: list[tuple[str, BaseModel, dict[str, Any], dict[str, Any] | None,
+                                          tuple[str, str] | None, tuple[str, float] | None]]
+                     ) -> list[tuple[Task, bool] | ApiError]:
+        """``submit`` for several requests (the arguments of each, in order) in one store
+        transaction; each answer is (task, replayed) or the ApiError refusing that request."""
+        if self._closing.is_set():
+            return [ShuttingDown() for _ in requests]
+        items = [(self.build_task(step, params, body, by), idempotency, rate)
+                 for step, params, body, by, idempotency, rate in requests]
+        answers = self.store.submit_group(items, self.worker)
+        for answer in answers:
+            if not isinstance(answer, ApiError) and not answer[1]:
+                if answer[0].status is TaskStatus.RUNNING:
+                    self.launch(answer[0])
+                else:
+                    self._wake.set()
+        return answers
 
     def build_task(self, step_name: str, params: BaseModel, body: dict[str, Any],
                    requested_by: dict[str, Any] | None, **links: Any) -> Task:

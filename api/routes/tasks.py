@@ -104,8 +104,13 @@ async def run_step(
     try:
         task, replayed = submit(wait=False)
     except StoreBusy:
-        # Another process holds the write lock: wait for it off the event loop.
-        task, replayed = await anyio.to_thread.run_sync(functools.partial(submit, wait=True))
+        # Another process holds the write lock: wait for it off the event loop, together with the
+        # other submits of this worker that wait for it (one transaction for all of them).
+        if services.admission is not None:
+            task, replayed = await services.admission.submit(step_name, params, body.model_dump(),
+                                                             identity.as_dict(client), idempotency, rate)
+        else:
+            task, replayed = await anyio.to_thread.run_sync(functools.partial(submit, wait=True))
     services.audit.record("run", identity, client, task_id=task.task_id, step=step_name, replayed=replayed,
                           params=mask_secrets(task.params, task.secret_fields))
     links = _task_links(request, task.task_id)

@@ -5,9 +5,11 @@ The only module that touches diskcache's SQL directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -219,3 +221,16 @@ def get_raw(cache: diskcache.Cache, key: str) -> Any:
         return None
     mode, filename, value = row
     return value if mode == diskcache.core.MODE_RAW and filename is None and type(value) is str else NOT_INLINE
+
+
+@contextlib.contextmanager
+def savepoint(cache: diskcache.Cache) -> Iterator[None]:
+    """Inside the caller's transaction: undo only what the block wrote if it raises."""
+    cache._sql("SAVEPOINT one_of_many")
+    try:
+        yield
+    except BaseException:
+        cache._sql("ROLLBACK TO one_of_many")
+        cache._sql("RELEASE one_of_many")
+        raise
+    cache._sql("RELEASE one_of_many")

@@ -22,6 +22,7 @@ from typing import Any
 import diskcache
 
 from api.errors import (
+    ApiError,
     Conflict,
     QueueFull,
     RateLimited,
@@ -29,7 +30,7 @@ from api.errors import (
     TaskNotFound,
 )
 from api.store.admission import Admission, admit
-from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache, put, remove
+from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache, put, remove, savepoint
 from api.store.cleanup import Cleanup
 from api.store.counters import Counters
 from api.store.events import EventLog
@@ -369,24 +370,57 @@ class TaskStore(Ending, TaskFiles, Cleanup, Liveness, Reading, EventLog, Signing
         self.check_database()
         alive = self.alive_recently()  # process checks outside the lock
         with self._transaction(wait):
-            cache = self.cache
-            if idempotency:
-                seen = cache.get(K_IDEMPOTENCY + idempotency[0])
-                earlier = self._load(seen["task_id"]) if seen is not None else None
-                if earlier is not None and not earlier.expired():
-                    if seen["fingerprint"] != idempotency[1]:
-                        raise Conflict("This Idempotency-Key was already used with a different request "
-                                       f"(task {earlier.task_id}); use a new key.", task_id=earlier.task_id)
-                    return earlier, True
-            if rate is not None:
-                self._take_token(*rate)
-            if idempotency:
-                task.idempotency_key, task.idempotency_fingerprint = idempotency
-            self._admit_new(task, worker, alive)
+            found = self._submit_in_transaction(task, worker, idempotency, rate, alive)
         # The commit went to the database file only if that file is still the one we opened.
         self.check_database()
+        if found is not None:
+            return found, True
         self._sync_file(task)
         return task, False
+
+    def submit_group(self, items: list[tuple[Task, tuple[str, str] | None, tuple[str, float] | None]],
+                     worker: WorkerInfo) -> list[tuple[Task, bool] | ApiError]:
+        """Admit several tasks (task, idempotency, rate) in one transaction, in their order: one
+        commit and one wait for the write lock instead of one each. Each gets what ``submit``
+        would answer, or the ApiError refusing it (that task's writes undone, the others kept);
+        an error of the store itself refuses them all (raised)."""
+        self.check_database()
+        alive = self.alive_recently()
+        answers: list[tuple[Task, bool] | ApiError] = []
+        with self._transaction():
+            for task, idempotency, rate in items:
+                try:
+                    with savepoint(self.cache):
+                        found = self._submit_in_transaction(task, worker, idempotency, rate, alive)
+                except ApiError as exc:
+                    answers.append(exc)
+                    continue
+                answers.append((found, True) if found is not None else (task, False))
+        self.check_database()
+        for answer in answers:
+            if not isinstance(answer, ApiError) and not answer[1]:
+                self._sync_file(answer[0])
+        return answers
+
+    def _submit_in_transaction(self, task: Task, worker: WorkerInfo, idempotency: tuple[str, str] | None,
+                               rate: tuple[str, float] | None, alive: set[str]) -> Task | None:
+        """Admit ``task`` (inside a transaction); the earlier task of a replayed idempotency key
+        instead, without admitting anything."""
+        cache = self.cache
+        if idempotency:
+            seen = cache.get(K_IDEMPOTENCY + idempotency[0])
+            earlier = self._load(seen["task_id"]) if seen is not None else None
+            if earlier is not None and not earlier.expired():
+                if seen["fingerprint"] != idempotency[1]:
+                    raise Conflict("This Idempotency-Key was already used with a different request "
+                                   f"(task {earlier.task_id}); use a new key.", task_id=earlier.task_id)
+                return earlier
+        if rate is not None:
+            self._take_token(*rate)
+        if idempotency:
+            task.idempotency_key, task.idempotency_fingerprint = idempotency
+        self._admit_new(task, worker, alive)
+        return None
 
     def _admit_new(self, task: Task, worker: WorkerInfo, alive: set[str], accepted: bool = False,
                    starts_here: bool = True) -> None:

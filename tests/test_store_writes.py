@@ -1,0 +1,118 @@
+"""How the local store's writers meet: the cross-process write lock, grouped admission, and the
+encoded /status of ended tasks, against a real diskcache in a temporary folder."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from api.errors import Conflict, QueueFull, TaskNotFound
+from api.store import StoreBusy, TaskStore
+from api.store.cachedb import put
+from api.store.keys import K_TASK
+from api.store.writelock import WriteLock
+from api.task import Task, TaskStatus, new_task_id, now_iso
+from api.workers import WorkerInfo
+
+ME = WorkerInfo(id="host:1:aaaaaa", host="host", pid=1)
+posix_only = pytest.mark.skipif(os.name != "posix", reason="the kernel write lock is POSIX's flock")
+
+
+def _task() -> Task:
+    return Task(task_id=new_task_id(), step_name="diag_noop", status=TaskStatus.QUEUED, created_at=now_iso(),
+                params={})
+
+
+def _hold_lock(folder: str, held, release) -> None:
+    lock = WriteLock(__import__("pathlib").Path(folder))
+    assert lock.acquire(block=True)
+    held.set()
+    release.wait(30)
+    lock.release()
+
+
+@posix_only
+def test_a_writer_waits_for_another_process_holding_the_write_lock(store: TaskStore):
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(str(store.paths.cache_dir), held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        store.heartbeat(ME)
+        # The event loop's kind of call does not wait: it hears StoreBusy while the lock is taken.
+        with pytest.raises(StoreBusy):
+            store.submit(_task(), ME, None, wait=False)
+        answers = []
+        waiter = __import__("threading").Thread(target=lambda: answers.append(store.submit(_task(), ME, None)))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not answers  # asleep until the other process lets go
+        release.set()
+        waiter.join(30)
+        assert answers and answers[0][0].status is TaskStatus.RUNNING
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_grouped_admission_keeps_order_cap_and_refuses_only_the_refused(store: TaskStore):
+    store.heartbeat(ME)
+    keyed = _task()
+    store.submit(keyed, ME, ("key", "fingerprint-a"))  # holds one of the two slots
+    tasks = [_task() for _ in range(5)]
+    items = [(tasks[0], None, None), (tasks[1], ("key", "fingerprint-b"), None), (tasks[2], None, None),
+             (tasks[3], ("key", "fingerprint-a"), None), (tasks[4], None, None)]
+    answers = store.submit_group(items, ME)
+
+    assert answers[0] == (tasks[0], False) and tasks[0].status is TaskStatus.RUNNING  # the last free slot
+    assert isinstance(answers[1], Conflict)  # same key, other request: refused, nothing of it kept
+    assert answers[2] == (tasks[2], False) and tasks[2].status is TaskStatus.QUEUED
+    replayed, again = answers[3]
+    assert again and replayed.task_id == keyed.task_id
+    assert answers[4] == (tasks[4], False) and tasks[4].status is TaskStatus.QUEUED
+    with pytest.raises(TaskNotFound):
+        store.get(tasks[1].task_id)
+    assert store.queued_count() == 2 and store.live_running() == 2
+
+    # The queue keeps their order (FIFO), and a full queue refuses within a group too.
+    more = [_task() for _ in range(3)]
+    answers = store.submit_group([(t, None, None) for t in more], ME)
+    assert answers[0] == (more[0], False) and isinstance(answers[1], QueueFull) and isinstance(answers[2], QueueFull)
+    store.finish(tasks[0].task_id, TaskStatus.COMPLETED, "done")
+    assert store.claim_next(ME).task_id == tasks[2].task_id
+    store.finish(keyed.task_id, TaskStatus.COMPLETED, "done")
+    assert store.claim_next(ME).task_id == tasks[4].task_id
+
+
+def test_an_ended_tasks_status_body_follows_its_stored_row(store: TaskStore):
+    store.heartbeat(ME)
+    task, _ = store.submit(_task(), ME, None)
+    assert store.status_answer(task.task_id).status is TaskStatus.RUNNING  # not ended: the task itself
+    store.finish(task.task_id, TaskStatus.COMPLETED, "done")
+    body = store.status_answer(task.task_id)
+    assert isinstance(body, bytes) and b'"completed"' in body
+    assert store.status_answer(task.task_id) is body  # served again while the row is unchanged
+
+    # Another process changes the row (here: a support edit of its message): seen at once.
+    row = store._get(K_TASK + task.task_id)
+    row["message"] = "checked by support"
+    with store._transaction():
+        put(store.cache, K_TASK + task.task_id, row)
+    assert b"checked by support" in store.status_answer(task.task_id)
+
+    # Expired or removed: not found, whatever was kept.
+    row["expires_at"] = now_iso(time.time() - 1)
+    with store._transaction():
+        put(store.cache, K_TASK + task.task_id, row)
+    with pytest.raises(TaskNotFound):
+        store.status_answer(task.task_id)
+    with store._transaction():
+        store.cache.delete(K_TASK + task.task_id)
+    with pytest.raises(TaskNotFound):
+        store.status_answer(task.task_id)
+    with pytest.raises(TaskNotFound):
+        store.status_answer("../etc/passwd")
