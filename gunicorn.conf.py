@@ -40,11 +40,33 @@ TRIM_FREE_BYTES = 16 * 1024 * 1024
 TRIM_CHECK_SECONDS = 1.0
 
 
+# A step that held this much more than before (sampled every check) is "large": once it and every
+# other task of the worker ended, the cycles it left are collected and the freed memory given back
+# at once, whatever the amount. Short tasks never pay for the collection.
+LARGE_STEP_BYTES = 64 * 1024 * 1024
+
+
+def _in_use() -> int:
+    info = _libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
 def _trim_freed_memory() -> None:
+    from api.runner import task_threads_here
+
+    resting = peak = _in_use()
     while True:
         time.sleep(TRIM_CHECK_SECONDS)
-        if _libc.mallinfo2().fordblks > TRIM_FREE_BYTES:
+        peak = max(peak, _in_use())
+        _, running = task_threads_here()
+        if running == 0 and peak - resting > LARGE_STEP_BYTES:
+            gc.collect()
             _libc.malloc_trim(0)
+            resting = peak = _in_use()
+        elif _libc.mallinfo2().fordblks > TRIM_FREE_BYTES:
+            _libc.malloc_trim(0)
+        if running == 0:
+            resting = min(resting, _in_use())
 
 
 # The step modules (and with them pandas, numpy and pyarrow) are imported once here, before the

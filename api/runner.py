@@ -37,6 +37,16 @@ DIRTY_SWEEP_SECONDS = 5.0
 SWITCH_INTERVAL_SECONDS = 0.001
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# Task threads of this process: ended so far, and running now (the Gunicorn worker's memory trim
+# in gunicorn.conf.py looks at both).
+_ended_here = 0
+_running_here = 0
+
+
+def task_threads_here() -> tuple[int, int]:
+    """(ended so far, running now) task threads of this process."""
+    return _ended_here, _running_here
+
 
 @dataclass
 class LocalTask:
@@ -269,8 +279,10 @@ class Runner:
             log_file=self.store.paths.log_file(task.task_id),
         )
         item = LocalTask(task.task_id, context)
+        global _running_here
         with self._lock:
             self._tasks[task.task_id] = item
+            _running_here += 1
         self._threads.run(f"task-{task.task_id}", lambda: self._execute(task, context, item))
 
     def _execute(self, task: Task, context: runtime.TaskContext, item: LocalTask) -> None:
@@ -297,8 +309,11 @@ class Runner:
                                                                "message": secrets.mask_text(message)[:2000],
                                                                "traceback": None})
         finally:
+            global _ended_here, _running_here
             with self._lock:
                 self._tasks.pop(task.task_id, None)
+                _ended_here += 1
+                _running_here -= 1
             item.done.set()
             self._wake.set()
         if ended is not None and self.on_task_end is not None:
