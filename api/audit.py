@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from etl import secrets
 logger = logging.getLogger(__name__)
 
 MAX_DETAIL_CHARS = 2000
+# On Windows a file another worker holds open cannot be renamed (rotated): open it per line there.
+KEEP_OPEN = os.name == "posix"
 SUMMARY_KEYS = 20
 
 
@@ -43,6 +46,9 @@ class AuditLog:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
 
     def record(self, action: str, identity: Identity | None, client: str | None, **details: Any) -> None:
         """Append one line (role and key name, never the key); a failure is logged, never raised."""
@@ -51,24 +57,42 @@ class AuditLog:
                  **{name: summarize(value) for name, value in details.items()}}
         line = secrets.mask_text(json.dumps(entry, ensure_ascii=False)) + "\n"
         data = line.encode("utf-8", "backslashreplace")
-        try:
-            # O_APPEND: each line lands whole at the end, whichever worker writes it.
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with self._lock:  # threads of this worker share the descriptor
             try:
-                full = os.fstat(descriptor).st_size + len(data) > self.max_bytes
-                if not full:
-                    os.write(descriptor, data)
-            finally:
-                os.close(descriptor)
-            if full:
-                self._rotate(len(data))
-                descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(descriptor, data)
-                finally:
-                    os.close(descriptor)
-        except OSError as exc:
-            logger.error("could not write the audit log %s: %s", self.path, exc)
+                descriptor, size = self._open_current()
+                if size + len(data) > self.max_bytes:
+                    self._close()
+                    self._rotate(len(data))
+                    descriptor, _ = self._open_current()
+                # O_APPEND: each line lands whole at the end, whichever worker writes it.
+                os.write(descriptor, data)
+                if not KEEP_OPEN:
+                    self._close()
+            except OSError as exc:
+                self._close()
+                logger.error("could not write the audit log %s: %s", self.path, exc)
+
+    def _open_current(self) -> tuple[int, int]:
+        """A descriptor on the file now at ``path`` and its size. On POSIX the descriptor is kept
+        while the path still names its file (another worker may have rotated it): one ``stat``
+        per line instead of an open and a close."""
+        if self._fd is not None:
+            try:
+                now = os.stat(self.path)
+                if (now.st_dev, now.st_ino) == self._identity:
+                    return self._fd, now.st_size
+            except FileNotFoundError:
+                pass
+            self._close()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        found = os.fstat(descriptor)
+        self._fd, self._identity = descriptor, (found.st_dev, found.st_ino)
+        return descriptor, found.st_size
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            descriptor, self._fd = self._fd, None
+            os.close(descriptor)
 
     def _rotate(self, incoming: int) -> None:
         """audit.log -> audit.log.1 -> ... -> audit.log.N (dropped); safe when several workers race."""
