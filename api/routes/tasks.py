@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from api.deps import SECURITY_OPENAPI, Operator, ServicesDep, Viewer, authorize, client_of
