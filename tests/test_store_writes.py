@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 
 import pytest
@@ -47,7 +48,7 @@ def test_a_writer_waits_for_another_process_holding_the_write_lock(store: TaskSt
         with pytest.raises(StoreBusy):
             store.submit(_task(), ME, None, wait=False)
         answers = []
-        waiter = __import__("threading").Thread(target=lambda: answers.append(store.submit(_task(), ME, None)))
+        waiter = threading.Thread(target=lambda: answers.append(store.submit(_task(), ME, None)))
         waiter.start()
         waiter.join(0.5)
         assert waiter.is_alive() and not answers  # asleep until the other process lets go
@@ -116,3 +117,33 @@ def test_an_ended_tasks_status_body_follows_its_stored_row(store: TaskStore):
         store.status_answer(task.task_id)
     with pytest.raises(TaskNotFound):
         store.status_answer("../etc/passwd")
+
+
+def _acquire_in_thread(lock: WriteLock, timeout: float) -> bool:
+    got: list[bool] = []
+    thread = threading.Thread(target=lambda: got.append(lock.acquire(block=True, timeout=timeout)))
+    thread.start()
+    thread.join(60)
+    return got[0]
+
+
+@posix_only
+def test_a_writer_gives_up_after_the_store_timeout_and_the_lock_still_works(store: TaskStore):
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(str(store.paths.cache_dir), held, release))
+    holder.start()
+    lock = WriteLock(store.paths.cache_dir)
+    try:
+        assert held.wait(30)
+        # A holder that never lets go (a stopped process): the wait ends, the caller answers 503.
+        assert _acquire_in_thread(lock, 0.2) is False
+        release.set()
+        holder.join(30)
+        # The abandoned wait let the lock go once it got it: the next writer gets it.
+        assert _acquire_in_thread(lock, 30) is True
+        lock.release()
+    finally:
+        release.set()
+        holder.join(30)
+        lock.close()

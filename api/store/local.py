@@ -195,13 +195,13 @@ class TaskStore(Ending, TaskFiles, Cleanup, Liveness, Reading, EventLog, Signing
         lock = self._process_lock if self._txn_depth == 0 else None
         self._txn_depth += 1
         locked = False
+        deadline = time.monotonic() + self._cache_timeout
         try:
             if lock is not None:
-                locked = lock.acquire(block=wait)
+                locked = lock.acquire(block=wait, timeout=self._cache_timeout)
                 if not locked and not wait and lock.enabled:
                     raise StoreBusy()
             with self._guard(), contextlib.ExitStack() as stack:
-                deadline = time.monotonic() + self._cache_timeout
                 delay = 50e-6
                 while True:
                     try:
