@@ -205,8 +205,10 @@ def test_200_streams_hold_memory_stays_flat_and_a_slow_reader_blocks_no_one(serv
     samples, fewest, readers = asyncio.run(scenario())
     assert readers == 199 and fewest == 150
     assert server.client.get("/livez").status_code == 200
-    # Flat: 200 open streams cost far less than a megabyte each (bounded queues, no thread each).
-    assert samples[-1] - samples[0] < 60, samples
+    # Flat: 200 open streams cost far less than a megabyte each (bounded queues, no thread each, and
+    # at most a transport's write buffer for the reader that stopped). Scale-out mode's larger events
+    # fill the unread sockets' buffers further: 30-70 MB there for 200 streams, under 10 MB locally.
+    assert samples[-1] - samples[0] < 100, samples
     assert "Traceback" not in server.log_text()
 
 
