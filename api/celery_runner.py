@@ -34,6 +34,7 @@ class CeleryRunner(Runner):
     def start(self) -> None:
         self.store.seed_shared_settings()
         self.store.start_file_writer()
+        self.store.start_change_listener()
         self.store.heartbeat(self.worker, role="api", started_at=now_iso(), running=0)
         self._loop_thread = threading.Thread(target=self._loop, name="etl-dispatch", daemon=True)
         self._loop_thread.start()
@@ -45,6 +46,7 @@ class CeleryRunner(Runner):
         self._wake.set()
         if self._loop_thread is not None:
             self._loop_thread.join(2)
+        self.store.stop_change_listener()
         try:
             self.store.forget_worker(self.worker)
         except Exception as exc:

@@ -63,9 +63,12 @@ def configure(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        # Only a message received but not yet acknowledged (a host killed in between) waits this
-        # long to be delivered again; its token is checked on claim, so it never runs twice.
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
+        # No ack emulation: it cost six Redis commands per message (the unacked hash and index,
+        # two MULTI/EXEC) to redeliver a message taken by a host killed before it started the
+        # step, which the API's reaper already re-dispatches with a new token (the dispatch lease).
+        # Reserved messages of a host that stops are still handed back on its way out.
+        broker_transport_options={"ack_emulation": False,
+                                  "visibility_timeout": settings.broker_visibility_timeout_seconds},
         task_default_queue=QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -284,10 +287,14 @@ class Execution:
     def _watch(self, thread: threading.Thread, context: runtime.TaskContext) -> None:
         started = time.monotonic()
         stop_seen: float | None = None
-        last_flush = 0.0
+        # The first progress flush after PROGRESS_FLUSH_SECONDS like the later ones: a short step
+        # ends before it, and its end carries the same progress, log tail and lines in one commit.
+        last_flush = started
         last_renewed = time.monotonic()
         while thread.is_alive():
             thread.join(CONTROL_SECONDS)
+            if not thread.is_alive():
+                break  # the end is recorded next, fenced by the owner's lease: no renewal needed first
             now = time.monotonic()
             try:
                 order = self.store.renew(self.task_id, self.worker.id)

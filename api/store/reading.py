@@ -146,15 +146,16 @@ class Reading:
 
 
 async def wait_for_change(get: Callable[[str], Task], task_id: str, timeout: float,
-                          changed: asyncio.Event | None = None) -> Task:
+                          changed: asyncio.Event | None = None, *, first_poll: float = WAIT_FIRST_POLL_SECONDS,
+                          max_poll: float = WAIT_MAX_POLL_SECONDS) -> Task:
     """Poll ``get`` with a back-off until the task's state, progress or stop flag changes (or
-    ``timeout`` passes); ``changed``, set by a change made in this process, cuts a pause short."""
+    ``timeout`` passes); ``changed``, set by a change the process hears of, cuts a pause short."""
     task = get(task_id)
     if task.status.terminal or timeout <= 0:
         return task
     seen = (task.status, task.progress, task.stop_requested)
     deadline = time.monotonic() + timeout
-    pause = WAIT_FIRST_POLL_SECONDS
+    pause = first_poll
     while (left := deadline - time.monotonic()) > 0:
         if changed is None:
             await asyncio.sleep(min(pause, left))
@@ -162,7 +163,7 @@ async def wait_for_change(get: Callable[[str], Task], task_id: str, timeout: flo
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(pause, left))
             changed.clear()
-        pause = min(pause * 1.5, WAIT_MAX_POLL_SECONDS)
+        pause = min(pause * 1.5, max_poll)
         task = get(task_id)
         if (task.status, task.progress, task.stop_requested) != seen:
             break

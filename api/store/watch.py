@@ -17,6 +17,8 @@ class TaskWatch:
         self._lock = threading.Lock()
         self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._any: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        # Set while anyone waits (a follower of other hosts' changes reads them only then).
+        self.watched = threading.Event()
 
     @contextlib.contextmanager
     def watch_any(self) -> Iterator[asyncio.Event]:
@@ -24,11 +26,13 @@ class TaskWatch:
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._any.add(entry)
+            self.watched.set()
         try:
             yield entry[1]
         finally:
             with self._lock:
                 self._any.discard(entry)
+                self._idle()
 
     @contextlib.contextmanager
     def watch(self, task_id: str) -> Iterator[asyncio.Event]:
@@ -36,6 +40,7 @@ class TaskWatch:
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._waiting.setdefault(task_id, set()).add(entry)
+            self.watched.set()
         try:
             yield entry[1]
         finally:
@@ -45,6 +50,19 @@ class TaskWatch:
                     waiting.discard(entry)
                     if not waiting:
                         del self._waiting[task_id]
+                self._idle()
+
+    def _idle(self) -> None:
+        if not self._waiting and not self._any:
+            self.watched.clear()
+
+    def changed_all(self) -> None:
+        """Wake every waiter (a change may have gone unnoticed: they read their task again)."""
+        with self._lock:
+            entries = [entry for waiting in self._waiting.values() for entry in waiting] + list(self._any)
+        for loop, event in entries:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
 
     def changed(self, task_id: str) -> None:
         """Called from any thread after a change to ``task_id`` is committed."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,16 +18,20 @@ from api.store.events import EVENT_LOG_SIZE
 from api.store.files import write_json_atomic
 from api.store.reading import wait_for_change
 from api.store.redis import records as R
+from api.store.redis.changes import ChangeListener
+from api.store.redis.mirror import FileMirror
 from api.store.redis.reconcile import FileReconciling
-from api.task import Task, TaskStatus, is_task_id
-from api.workers import HOSTNAME, WorkerInfo
+from api.task import Task, TaskStatus
+from api.workers import WorkerInfo
 
 if TYPE_CHECKING:
     from api.store.redis.store import RedisStore
 
 logger = logging.getLogger(__name__)
 
-ORPHAN_CLAIM_SECONDS = 5.0
+# While the change stream wakes long-polls, Redis is polled only in case a wake-up went astray.
+FALLBACK_FIRST_POLL_SECONDS = 0.1
+FALLBACK_MAX_POLL_SECONDS = 0.5
 
 
 def _json(raw: str | None) -> Any:
@@ -84,8 +87,26 @@ class RedisExtras(FileReconciling):
             return self.r.lrange(R.K_LOG + task_id, since, since + limit - 1)
 
     async def wait_change(self: RedisStore, task_id: str, timeout: float) -> Task:
-        """The task once its state, progress or stop flag changes, or after ``timeout`` s (polls, backing off)."""
-        return await wait_for_change(self.get, task_id, timeout)
+        """The task once its state, progress or stop flag changes, or after ``timeout`` s.
+
+        While the change stream is followed (ChangeListener) a change made on any host wakes the
+        wait; Redis is then polled only as a fallback. Otherwise it polls, backing off.
+        """
+        with self.watch.watch(task_id) as changed:
+            if self._listener is not None and self._listener.following.is_set():
+                return await wait_for_change(self.get, task_id, timeout, changed,
+                                             first_poll=FALLBACK_FIRST_POLL_SECONDS, max_poll=FALLBACK_MAX_POLL_SECONDS)
+            return await wait_for_change(self.get, task_id, timeout, changed)
+
+    def start_change_listener(self: RedisStore) -> None:
+        """API processes: long-polls and event streams wake on changes made by any host."""
+        self._listener = ChangeListener(self)
+        self._listener.start()
+
+    def stop_change_listener(self: RedisStore) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
 
     @contextlib.contextmanager
     def _guarded(self: RedisStore):
@@ -287,61 +308,3 @@ class RedisExtras(FileReconciling):
 
     def flush_files(self: RedisStore, timeout: float = 10.0) -> bool:
         return True
-
-class FileMirror:
-    """Follows the change stream and writes ``<id>.json`` on this host (a consumer group per host,
-    so the API processes of one host share the work and every host keeps its own copy)."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-        self.group = f"files:{HOSTNAME}:{store.paths.root}"
-        self.consumer = f"{HOSTNAME}:{threading.get_native_id()}:{time.time_ns()}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="etl-files", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(3)
-
-    def _ensure_group(self, r: redis.Redis) -> None:
-        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
-            r.xgroup_create(R.K_CHANGES, self.group, id="0", mkstream=True)
-
-    def _write(self, r: redis.Redis, entries: list[tuple[str, dict[str, str]]]) -> None:
-        for task_id in dict.fromkeys(fields.get("id", "") for _, fields in entries):
-            if is_task_id(task_id):
-                self.store.write_file(task_id)
-        if entries:
-            r.xack(R.K_CHANGES, self.group, *[entry_id for entry_id, _ in entries])
-
-    def _run(self) -> None:
-        r: redis.Redis | None = None
-        last_claim = 0.0
-        while not self._stop.is_set():
-            try:
-                if r is None:
-                    r = redis.Redis.from_url(self.store.url, decode_responses=True, socket_connect_timeout=1.0,
-                                             socket_timeout=5.0)
-                    self._ensure_group(r)
-                if time.monotonic() - last_claim > ORPHAN_CLAIM_SECONDS:
-                    # Changes a process of this host took but never wrote (it was killed): take them over.
-                    last_claim = time.monotonic()
-                    claimed = r.xautoclaim(R.K_CHANGES, self.group, self.consumer,
-                                           min_idle_time=int(ORPHAN_CLAIM_SECONDS * 1000), start_id="0-0", count=500)
-                    self._write(r, [entry for entry in claimed[1] if entry and entry[1] is not None])
-                reply = r.xreadgroup(self.group, self.consumer, {R.K_CHANGES: ">"}, count=200, block=500)
-                for _, entries in reply or []:
-                    self._write(r, entries)
-            except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc) and r is not None:
-                    self._ensure_group(r)
-                else:
-                    logger.warning("task files: %s (retrying)", exc)
-                    self._stop.wait(1)
-            except Exception as exc:
-                logger.warning("task files cannot follow Redis: %s (retrying)", exc)
-                r = None
-                self._stop.wait(1)

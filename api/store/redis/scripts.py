@@ -327,3 +327,18 @@ local now = now_ms / 1000
 redis.call('HSET', P .. 'workers', ARGV[1], string.sub(ARGV[2], 1, -2) .. ',"at":' .. string.format('%.3f', now) .. '}')
 return tostring(now)
 """
+
+# Log lines of a running task, kept up to a bound, then one truncation note: one round trip per
+# shipment. ARGV: id, max_lines, lines... -> lines held
+APPEND_LOG = """
+local key = '{etl}:log:' .. ARGV[1]
+local max = tonumber(ARGV[2])
+local held = redis.call('LLEN', key)
+if held >= max then return held end
+local last = #ARGV
+local truncated = last - 2 > max - held
+if truncated then last = 2 + max - held - 1 end
+for i = 3, last do redis.call('RPUSH', key, ARGV[i]) end
+if truncated then redis.call('RPUSH', key, '... log truncated at ' .. max .. ' lines') end
+return redis.call('LLEN', key)
+"""

@@ -67,6 +67,7 @@ class RedisStore(RedisEnding, RedisExtras, RedisOrchestration, RedisResources, R
         self._r: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._mirror = None
+        self._listener = None
         # Wakes this process's long-polls and event streams at once on its own commits; changes made
         # elsewhere are found by polling Redis.
         self.watch = TaskWatch()
@@ -79,11 +80,12 @@ class RedisStore(RedisEnding, RedisExtras, RedisOrchestration, RedisResources, R
         self._r = redis.Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=1.0,
                                        socket_timeout=5.0, health_check_interval=10)
         for name in ("SUBMIT", "COMMIT", "RESERVE", "REDISPATCH", "RENEW", "ACQUIRE_LEASE", "RELEASE_LEASE",
-                     "RECORD_WITH_LEASE", "HEARTBEAT"):
+                     "RECORD_WITH_LEASE", "HEARTBEAT", "APPEND_LOG"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
         self._scripts["INSERT_PIPELINE"] = self._r.register_script(INSERT_PIPELINE)
 
     def close(self) -> None:
+        self.stop_change_listener()
         self.stop_file_writer()
         if self._r is not None:
             self._r.close()
@@ -335,12 +337,6 @@ class RedisStore(RedisEnding, RedisExtras, RedisOrchestration, RedisResources, R
 
     @_translated
     def append_log(self, task_id: str, lines: list[str], max_lines: int) -> None:
-        """Append log lines (kept up to ``max_lines``, then one truncation note)."""
-        key = R.K_LOG + task_id
-        held = self.r.llen(key)
-        if held >= max_lines:
-            return
-        room = max_lines - held
-        if len(lines) > room:
-            lines = lines[: room - 1] + [f"... log truncated at {max_lines} lines"]
-        self.r.rpush(key, *lines)
+        """Append log lines (kept up to ``max_lines``, then one truncation note), in one script."""
+        if lines:
+            self._run("APPEND_LOG", task_id, max_lines, *lines)
