@@ -525,3 +525,56 @@ def test_a_worker_host_removes_the_work_folders_of_tasks_cleanup_removed(tmp_pat
         api.stop()
         host.stop()
         store.stop()
+
+
+def test_redis_store_stats_snapshot_answers_as_the_verbs(redis_store):
+    """/stats reads everything in one round trip; each answer is the one the single verbs give."""
+    from api.workers import WorkerInfo
+
+    me = WorkerInfo.this_process()
+    for n in range(4):
+        redis_store.submit(_new("diag_sleep" if n % 2 else "diag_noop"), me, None)
+    redis_store.heartbeat(me, role="api", running=0)
+    redis_store.set_max_running(3)
+    snap = redis_store.stats_snapshot()
+    assert snap.counters().data == redis_store.counters().data
+    assert (snap.live_running(), snap.queued_count()) == (redis_store.live_running(), redis_store.queued_count()) == (2, 2)
+    assert snap.workers() == redis_store.workers() and snap.alive_workers() == redis_store.alive_workers() == {me.id}
+    assert snap.max_running == redis_store.max_running == 3 and snap.max_queued == redis_store.max_queued
+    assert snap.cleanup_state() == redis_store.cleanup_state()
+    assert (snap.waiting_retries(), snap.dead_letter_count(), snap.running_pipelines()) == (
+        redis_store.waiting_retries(), redis_store.dead_letter_count(), redis_store.running_pipelines())
+    assert snap.cache_size_bytes() > 0
+
+
+def test_a_change_committed_elsewhere_wakes_this_process_s_waiters(redis_store, tmp_path: Path):
+    """The change stream wakes a long-poll here for a change another process made (no polling
+    involved: only the listener sets this process's watch event for it)."""
+    import asyncio
+
+    from api.store.redis import RedisStore
+    from api.workers import WorkerInfo
+
+    other = RedisStore(redis_store.url, tmp_path / "other", tmp_path / "other" / "runs", tmp_path / "other" / "out",
+                       ttl_seconds=3600, max_running=2, max_queued=2, worker_lost_after_seconds=3, lease_seconds=3)
+    other.open()
+    redis_store.start_change_listener()
+    try:
+        task, _ = redis_store.submit(_new(), WorkerInfo.this_process(), None)
+        token = redis_store.dispatched[-1][1]
+
+        async def wait_for_the_claim() -> bool:
+            with redis_store.watch.watch(task.task_id) as changed:
+                while not redis_store._listener.following.is_set():
+                    await asyncio.sleep(0.01)
+                changed.clear()  # the listener's start wakes every waiter once
+                worker = WorkerInfo(id="elsewhere:1:t1", host="elsewhere", pid=1)
+                assert other.claim(task.task_id, token, worker) is not None  # not this store's commit
+                await asyncio.wait_for(changed.wait(), 30)
+                return True
+
+        assert asyncio.run(wait_for_the_claim())
+        assert redis_store.get(task.task_id).worker["host"] == "elsewhere"
+    finally:
+        redis_store.stop_change_listener()
+        other.close()

@@ -21,6 +21,7 @@ from api.store.redis import records as R
 from api.store.redis.changes import ChangeListener
 from api.store.redis.mirror import FileMirror
 from api.store.redis.reconcile import FileReconciling
+from api.store.redis.stats import StatsSnapshot
 from api.task import Task, TaskStatus
 from api.workers import WorkerInfo
 
@@ -71,6 +72,10 @@ class RedisExtras(FileReconciling):
                     break
                 high = f"({ids[-1]}"
             return found, (found[-1].task_id if more and found else None)
+
+    def stats_snapshot(self: RedisStore) -> StatsSnapshot:
+        """Everything /stats reads, in one round trip."""
+        return StatsSnapshot(self)
 
     def counters(self: RedisStore) -> Counters:
         with self._guarded():
