@@ -68,8 +68,8 @@ class RedisStore(RedisEnding, RedisExtras, RedisOrchestration, RedisResources, R
         self._scripts: dict[str, Any] = {}
         self._mirror = None
         self._listener = None
-        # Wakes this process's long-polls and event streams at once on its own commits; changes made
-        # elsewhere are found by polling Redis.
+        # Wakes this process's long-polls and event streams at once on its own commits, and on
+        # changes made elsewhere through the change listener (changes.py).
         self.watch = TaskWatch()
 
     # --- opening -------------------------------------------------------------------------
