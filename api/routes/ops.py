@@ -47,10 +47,12 @@ def health(services: ServicesDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/stats", summary="Statistics", responses=errors(*GUARDED, 503))
-def stats(services: ServicesDep, _: Viewer) -> dict[str, Any]:
+@router.get("/stats", summary="Statistics", response_model=dict[str, Any], responses=errors(*GUARDED, 503))
+def stats(services: ServicesDep, _: Viewer) -> JSONResponse:
     """Counts, capacity, success rate, durations, storage, workers, last cleanup."""
-    return monitor.stats(services)
+    # Already plain JSON values: no response-model pass over the whole document (it cost as much as
+    # building it; dashboards and benchmarks poll this route).
+    return JSONResponse(monitor.stats(services))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
