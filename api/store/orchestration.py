@@ -37,6 +37,15 @@ def _due_key(due: float, task_id: str) -> str:
     return f"{K_DUE}{int(due * 1000):015d}:{task_id}"
 
 
+def resolve_dead(task: Task, how: str, record: dict[str, Any]) -> None:
+    """Record on the task how its dead letter was resolved ("dismissed" or "retried": who, when, new id)."""
+    if task.dead_letter is None:
+        task.dead_letter = {}
+    task.dead_letter[how] = record
+    if how == "retried":
+        task.retried_as = record
+
+
 def retry_delay(decider: Callable[[Task, dict[str, Any]], float | None] | None, task: Task,
                 error: dict[str, Any] | None) -> float | None:
     """Seconds until a failing task's next attempt, or None (no policy, not retryable, or a policy
@@ -147,11 +156,7 @@ class Orchestration:
 
         def change(task: Task) -> bool:
             self.cache.delete(K_DEAD + task_id)
-            if task.dead_letter is None:
-                task.dead_letter = {}
-            task.dead_letter[how] = record
-            if how == "retried":
-                task.retried_as = record
+            resolve_dead(task, how, record)
             return True
 
         return self.update(task_id, change)

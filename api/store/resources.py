@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from api.store.local import TaskStore
 
 
+def retry_wait(task: Task) -> dict[str, Any]:
+    """Why a task waiting for its retry waits (it holds no slot meanwhile)."""
+    return {"reason": "retry_backoff", "detail": f"attempt {task.attempt} waits until {task.retry_due} "
+            "(it holds no slot meanwhile)", "until": task.retry_due, "attempt": task.attempt,
+            "estimated_start": task.retry_due}
+
+
 class Resources:
     """Concurrency keys and "why waiting" (mixed into TaskStore)."""
 
@@ -107,9 +114,7 @@ class Resources:
         counters = self.counters()
         p50 = counters.duration_quantile(task.step_name, 0.5)
         if task.retry_due:
-            return {"reason": "retry_backoff", "detail": f"attempt {task.attempt} waits until {task.retry_due} "
-                    "(it holds no slot meanwhile)", "until": task.retry_due, "attempt": task.attempt,
-                    "estimated_start": task.retry_due}
+            return retry_wait(task)
         alive = self.alive_workers()
         ahead = self._read(lambda: self.cache._sql(
             "SELECT COUNT(*) FROM Cache WHERE key > ? AND key < ?",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from api.store.events import event_of
-from api.store.orchestration import PipelineStep, retry_delay, wait_for_retry
+from api.store.orchestration import PipelineStep, resolve_dead, retry_delay, wait_for_retry
 from api.store.redis import records as R
 from api.task import Task, TaskStatus, now_iso
 
@@ -131,11 +131,7 @@ class RedisOrchestration:
         """Take a task off the dead letters: ``how`` is "dismissed" or "retried" (record: who, when, new id)."""
 
         def change(task: Task) -> bool:
-            if task.dead_letter is None:
-                task.dead_letter = {}
-            task.dead_letter[how] = record
-            if how == "retried":
-                task.retried_as = record
+            resolve_dead(task, how, record)
             return True
 
         with self._guarded():

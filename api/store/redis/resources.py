@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from api.store.redis import records as R
-from api.store.resources import Resources
+from api.store.resources import Resources, retry_wait
 from api.task import Task, TaskStatus, now_iso
 
 if TYPE_CHECKING:
@@ -71,9 +71,7 @@ class RedisResources:
         counters = self.counters()
         p50 = counters.duration_quantile(task.step_name, 0.5)
         if task.retry_due:
-            return {"reason": "retry_backoff", "detail": f"attempt {task.attempt} waits until {task.retry_due} "
-                    "(it holds no slot meanwhile)", "until": task.retry_due, "attempt": task.attempt,
-                    "estimated_start": task.retry_due}
+            return retry_wait(task)
         with self._guarded():
             position = self.r.lpos(R.K_QUEUE, task.task_id)
         ahead = position if position is not None else self.queued_count()
