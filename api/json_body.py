@@ -101,7 +101,7 @@ def parse(body: bytes) -> Any:
     return value
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     if not content_type:
         return False  # FastAPI (strict content type) does not read such a body as JSON either
     media = content_type.split(";", 1)[0].strip().lower()
@@ -117,7 +117,7 @@ class StrictJsonRoute(APIRoute):
             return handler
 
         async def strict(request: Request) -> Response:
-            if request.method in BODY_METHODS and _is_json(request.headers.get("content-type")):
+            if request.method in BODY_METHODS and is_json(request.headers.get("content-type")):
                 body = await request.body()
                 if body:
                     # Starlette's Request.json() answers from this attribute once it is set.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.task import TaskStatus
@@ -150,7 +151,23 @@ def install_openapi(app: FastAPI) -> None:
             schemas = spec.get("components", {}).get("schemas", {})
             for unused in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(unused, None)
+            _show_security(app, spec)
             app.openapi_schema = spec
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _show_security(app: FastAPI, spec: dict[str, Any]) -> None:
+    """The key schemes on every operation whose route checks a role (the checks declare none)."""
+    from api.deps import SECURITY_OPENAPI, checks_role, security_schemes  # deps imports the store
+
+    guarded = False
+    for route in iter_route_contexts(app.routes):  # the routes of included routers too
+        if isinstance(route.original_route, APIRoute) and route.include_in_schema and checks_role(route.dependant):
+            for method in route.methods:
+                operation = spec["paths"][route.path_format][method.lower()]
+                operation.setdefault("security", SECURITY_OPENAPI["security"])
+                guarded = True
+    if guarded:
+        spec.setdefault("components", {}).setdefault("securitySchemes", {}).update(security_schemes())
