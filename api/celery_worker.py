@@ -24,7 +24,7 @@ import psutil
 from celery import Celery, signals
 
 from api.errors import StorageUnavailable
-from api.runner import execute_step
+from api.execution import execute_step
 from api.settings import Settings, get_settings
 from api.store.redis.workfolders import sweep_work_folders
 from api.task import Task, TaskStatus

@@ -1,39 +1,38 @@
 """Runs tasks in threads of this worker process, and keeps the worker's side of the shared rules.
 
-One control thread per worker: heartbeats, flushes progress, delivers stop requests, enforces
-timeouts and the stop grace period, fails tasks of dead workers, and starts queued tasks as
-slots free up.
+The Runner admits tasks through the store, starts each admitted one on a task thread
+(task_threads.py) that runs its step (execution.py), and records how it ended. One control
+thread per worker (control_loop.py) heartbeats, flushes progress, delivers stop requests,
+enforces timeouts and the stop grace period, fails tasks of dead workers, and starts queued
+tasks as slots free up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
+from api.control_loop import ControlLoop
 from api.errors import ApiError, ShuttingDown, StorageUnavailable
+from api.execution import execute_step
 from api.orchestration.policies import StepPolicies
 from api.settings import Settings
 from api.store import TaskStore
-from api.workers import HUNG_AFTER_FACTOR, WorkerInfo
 from api.task import Task, TaskStatus, new_task_id, now_iso
-from etl import registry, runtime, secrets
-from etl.errors import StepStopped
+from api.task_threads import TaskThreads
+from api.workers import WorkerInfo
+from etl import runtime, secrets
 
 logger = logging.getLogger(__name__)
 
-TICK_SECONDS = 0.1
-PROGRESS_FLUSH_SECONDS = 0.5
-DIRTY_SWEEP_SECONDS = 5.0
 SWITCH_INTERVAL_SECONDS = 0.001
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -63,80 +62,7 @@ class LocalTask:
     ending: bool = False  # the step returned; its end is being recorded
 
 
-class _TaskThreads:
-    """Daemon threads that run task bodies. An idle thread is reused, so starting a task does not
-    wait for a new thread to boot; a thread abandoned by a stubborn step is simply never idle again."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def run(self, name: str, job: Callable[[], None]) -> None:
-        with self._lock:
-            reuse = self._idle > 0
-            if reuse:
-                self._idle -= 1
-        if reuse:
-            self._jobs.put((name, job))
-        else:
-            threading.Thread(target=self._serve, args=(name, job), name=name, daemon=True).start()
-
-    def _serve(self, name: str, job: Callable[[], None]) -> None:
-        while True:
-            threading.current_thread().name = name
-            try:
-                job()
-            except Exception:
-                logger.exception("task thread error")
-            threading.current_thread().name = "task-idle"
-            with self._lock:
-                self._idle += 1
-            name, job = self._jobs.get()
-
-
-def execute_step(task: Task, context: runtime.TaskContext, timeout_seconds: float, host: str,
-                 worker_id: str = "") -> tuple[TaskStatus, str, Any, dict[str, Any] | None]:
-    """Run the task's step in this thread, bound to ``context``: (status, reason, result, error).
-
-    The one place that turns a step's return or exception into a task outcome, for the local
-    runner's threads and the scale-out worker hosts alike. ``host`` names what may shut down.
-    """
-    status, reason, result, error = TaskStatus.FAILED, "", None, None
-    with runtime.bind(context):
-        logger.info("task %s: step %s started on %s", task.task_id, task.step_name, worker_id)
-        try:
-            step = registry.get_step(task.step_name, include_diagnostic=True)
-            # ${secret:name} references are resolved here, in the task's thread, never stored: only in
-            # fields declared to carry them, after validation, so no validation error can quote a secret.
-            params = secrets.resolve_declared(step.params_model.model_validate(task.params))
-            result = step.run(params)
-            status, reason = TaskStatus.COMPLETED, "the step finished"
-        except StepStopped as exc:
-            if context.stop_reason == "timeout":
-                reason = f"the step ran longer than {timeout_seconds:g} s"
-                error = {"type": "Timeout", "message": reason, "traceback": None}
-            elif context.stop_reason == "shutdown":
-                status, reason = TaskStatus.STOPPED, f"stopped because the {host} shut down"
-            elif context.stop_reason == "lost":
-                # Fenced: the store refuses this end, the verdict of the worker that declared us lost stands.
-                logger.warning("task %s: no longer owned by this worker; the step stopped at a checkpoint",
-                               task.task_id)
-                status, reason = TaskStatus.STOPPED, "this worker no longer owns the task"
-            else:
-                status, reason = TaskStatus.STOPPED, f"stopped on request ({exc})"
-        except Exception as exc:
-            reason = f"the step raised {type(exc).__name__}"
-            error = {"type": type(exc).__name__, "message": secrets.mask_text(str(exc)),
-                     "traceback": secrets.mask_text(traceback.format_exc()),
-                     # the class and its bases: a retry policy may name a base (TransientError)
-                     "kinds": [c.__name__ for c in type(exc).__mro__ if c not in (object, BaseException, Exception)]}
-            logger.error("task %s: %s: %s", task.task_id, type(exc).__name__, error["message"])
-        logger.info("task %s: %s", task.task_id, status.value)
-    return status, reason, result, error
-
-
-class Runner:
+class Runner(ControlLoop):
     """This worker's task threads and control loop."""
 
     def __init__(self, store: TaskStore, settings: Settings) -> None:
@@ -148,7 +74,7 @@ class Runner:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._loop_thread: threading.Thread | None = None
-        self._threads = _TaskThreads()
+        self._threads = TaskThreads()
         self._unrecorded: dict[str, Callable[[], None]] = {}  # ends the store refused (disk full): retried
         self._log_handler = runtime.TaskLogHandler()
         self._log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -332,112 +258,6 @@ class Runner:
             result = secrets.mask_values(result)  # resolved values only: result keys are data, never masked by name
         return self.store.finish(context.task_id, status, reason, result=result, error=error, extra=extra,
                                  owner=self.worker.id)
-
-    # --- the control loop ----------------------------------------------------------------
-
-    def _loop(self) -> None:
-        last_beat = last_sweep = 0.0
-        while not self._closing.is_set() or self._has_tasks():
-            try:
-                now = time.monotonic()
-                if now - last_beat >= self.settings.heartbeat_interval_seconds:
-                    last_beat = now
-                    with self._lock:
-                        running = len(self._tasks)
-                    self.store.heartbeat(self.worker, running=running, abandoned=self.abandoned)
-                    self.store.reap_lost()
-                if now - last_sweep >= DIRTY_SWEEP_SECONDS:
-                    last_sweep = now
-                    self.store.sweep_dirty()
-                self._watch_tasks(now)
-                self._retry_unrecorded()
-                if not self._closing.is_set():
-                    self._start_queued()
-            except Exception:
-                logger.exception("runner loop error (retrying)")
-            self._wake.wait(TICK_SECONDS)
-            self._wake.clear()
-            if self._closing.is_set() and not self._has_tasks():
-                break
-
-    def _has_tasks(self) -> bool:
-        with self._lock:
-            return bool(self._tasks) or bool(self._unrecorded)
-
-    def _retry_unrecorded(self) -> None:
-        with self._lock:
-            pending = list(self._unrecorded.items())
-        for task_id, record in pending:
-            try:
-                record()
-            except StorageUnavailable:
-                return
-            with self._lock:
-                self._unrecorded.pop(task_id, None)
-            logger.info("task %s: its end is recorded", task_id)
-
-    def _watch_tasks(self, now: float) -> None:
-        with self._lock:
-            local = list(self._tasks.values())
-        if not local:
-            return
-        orders = self.store.control([item.task_id for item in local], self.worker.id)
-        # Confirmed owner as of now: the steps may pass their checkpoints until the point where other
-        # workers would declare this one lost (a process paused longer finds it expired at once).
-        owned_until = time.monotonic() + HUNG_AFTER_FACTOR * self.settings.worker_lost_after_seconds
-        for item in local:
-            if orders.get(item.task_id) is None:
-                item.context.owned_until = owned_until
-            context = item.context
-            order = orders.get(item.task_id)
-            if order == "lost" and not item.ending:
-                # Fencing: another process declared this worker lost and ended the task (this
-                # process was paused or cut off). The step must not run on; its end is not recorded.
-                logger.warning("task %s: no longer owned by this worker; aborting the step", item.task_id)
-                context.request_stop("lost")
-                with self._lock:
-                    self._tasks.pop(item.task_id, None)
-                continue
-            if order == "stop" and not context.stop_event.is_set():
-                logger.info("task %s: stop requested; telling the step", item.task_id)
-                context.request_stop("request")
-            if not context.stop_event.is_set() and now - item.started > self.settings.task_timeout_seconds:
-                logger.warning("task %s: timed out; stopping it", item.task_id)
-                context.request_stop("timeout")
-            if context.stop_event.is_set():
-                item.stop_seen = item.stop_seen or now
-                if now - item.stop_seen > self.settings.stop_grace_seconds and context.stop_reason != "shutdown":
-                    self._abandon(item)
-                    continue
-            if context.changed.is_set() and not item.ending and now - item.last_flush >= PROGRESS_FLUSH_SECONDS:
-                context.changed.clear()
-                item.last_flush = now
-                self.store.save_progress(item.task_id, context.progress, context.message, list(context.log_tail),
-                                         context.log_lines, list(context.artifacts), owner=self.worker.id)
-
-    def _abandon(self, item: LocalTask) -> None:
-        """The step ignored the stop for the whole grace period: end the task, leave the thread."""
-        grace = self.settings.stop_grace_seconds
-        if item.context.stop_reason == "timeout":
-            reason = f"the step ran longer than {self.settings.task_timeout_seconds:g} s and ignored the stop for {grace:g} s"
-            self.store.finish(item.task_id, TaskStatus.FAILED, reason, owner=self.worker.id,
-                              error={"type": "Timeout", "message": reason, "traceback": None})
-        else:
-            reason = f"the step did not stop within {grace:g} s; its thread was abandoned"
-            self.store.finish(item.task_id, TaskStatus.STOPPED, reason, owner=self.worker.id)
-        logger.warning("task %s: %s", item.task_id, reason)
-        with self._lock:
-            self._tasks.pop(item.task_id, None)
-            self.abandoned += 1
-        self._wake.set()
-
-    def _start_queued(self) -> None:
-        while not self._closing.is_set():
-            task = self.store.claim_next(self.worker)
-            if task is None:
-                return
-            logger.info("task %s: starting from the queue", task.task_id)
-            self.launch(task)
 
     @property
     def closing(self) -> bool:
