@@ -95,6 +95,7 @@ class Runner(ControlLoop):
         if etl_logger.getEffectiveLevel() > logging.INFO:
             etl_logger.setLevel(logging.INFO)  # task logs keep INFO lines whatever the server log level
         self.store.start_file_writer()
+        self.store.start_checkpoints()
         self.store.heartbeat(self.worker, started_at=now_iso(), running=0)
         self._loop_thread = threading.Thread(target=self._loop, name="etl-runner", daemon=True)
         self._loop_thread.start()

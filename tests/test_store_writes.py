@@ -147,3 +147,58 @@ def test_a_writer_gives_up_after_the_store_timeout_and_the_lock_still_works(stor
         release.set()
         holder.join(30)
         lock.close()
+
+
+def _write_tasks(store: TaskStore, count: int) -> None:
+    for _ in range(count):
+        task = _task()
+        with store._transaction():
+            put(store.cache, K_TASK + task.task_id, task.to_dict())
+
+
+def _database_grows(store: TaskStore, before: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if (store.paths.cache_dir / "cache.db").stat().st_size > before:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_committed_pages_reach_the_database_in_the_background_not_in_a_commit(store: TaskStore):
+    # New rows live in the write-ahead log until a checkpoint copies them into cache.db. Commits
+    # no longer do that below the safety limit, so without the checkpointer the file stays as it is.
+    database = store.paths.cache_dir / "cache.db"
+    store.cache._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = database.stat().st_size
+    _write_tasks(store, 300)
+    assert not _database_grows(store, before, within=1.0)
+
+    store.start_checkpoints()
+    assert _database_grows(store, before, within=5.0)
+    _write_tasks(store, 1)  # the store still writes while its checkpointer runs
+    store.close()  # stops the thread with the store
+    assert not any(t.name == "etl-checkpoint" and t.is_alive() for t in threading.enumerate())
+
+
+@posix_only
+def test_one_process_of_the_machine_checkpoints_and_another_takes_over_when_it_stops(tmp_path):
+    from api.store.checkpoint import Checkpointer
+
+    stores = [TaskStore(tmp_path / "storage", tmp_path / "runs", tmp_path / "out", ttl_seconds=3600, max_running=2,
+                        max_queued=3, worker_lost_after_seconds=3) for _ in range(2)]
+    for each in stores:
+        each.open()
+    first, second = (Checkpointer(each.cache, each.paths.cache_dir) for each in stores)
+    try:
+        assert first._holds_lock() is True
+        assert second._holds_lock() is False
+        first.start()
+        first.stop()  # the thread closes its descriptor: the lock is free
+        assert second._holds_lock() is True
+    finally:
+        first.stop()
+        if second._lock_fd is not None:
+            os.close(second._lock_fd)
+        for each in stores:
+            each.close()

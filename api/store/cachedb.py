@@ -21,6 +21,12 @@ from api.store.keys import K_META
 
 CACHE_DB = "cache.db"
 RANGE_END = "\uffff"
+# A commit copies the write-ahead log into the database itself only past this many pages (SQLite's
+# default is 1,000): checkpoint.py copies it in the background long before, so this is the safety
+# net for a process whose checkpoints fell behind. After a restart of the log its file is cut back
+# to JOURNAL_LIMIT_BYTES.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+JOURNAL_LIMIT_BYTES = 4 * 1024 * 1024
 
 
 class UnsafeCacheRow(Exception):
@@ -106,6 +112,8 @@ def open_cache(directory: Path, busy_seconds: float = 10.0) -> diskcache.Cache:
                 cull_limit=0,
                 statistics=False,
                 tag_index=False,
+                sqlite_wal_autocheckpoint=WAL_AUTOCHECKPOINT_PAGES,
+                sqlite_journal_size_limit=JOURNAL_LIMIT_BYTES,
             )
             cache.get(K_META + "initialized")
             return cache
@@ -134,6 +142,13 @@ _UPSERT = (
     "ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, access_time = excluded.access_time, "
     "expire_time = NULL, size = 0, mode = 1, value = excluded.value WHERE Cache.filename IS NULL"
 )
+
+
+def checkpoint(cache: diskcache.Cache) -> bool:
+    """Copy the write-ahead log's committed pages into the database without waiting for or
+    blocking any reader or writer (PASSIVE); True when none is left to copy."""
+    busy, logged, copied = cache._con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return not busy and logged == copied
 
 
 def put(cache: diskcache.Cache, key: str, value: Any) -> None:

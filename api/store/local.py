@@ -25,6 +25,7 @@ import diskcache
 from api.errors import StorageUnavailable
 from api.store.admitting import Admitting
 from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache
+from api.store.checkpoint import Checkpointer
 from api.store.cleanup import Cleanup
 from api.store.ending import Ending
 from api.store.events import EventLog
@@ -79,6 +80,7 @@ class TaskStore(Records, Admitting, Ending, TaskFiles, Cleanup, Liveness, Readin
         self._db_fd: int | None = None  # held open: its link count drops to 0 if the file is deleted
         self.lost_reason: str | None = None  # set once the cache database is found deleted or replaced
         self._writer: FileWriter | None = None
+        self._checkpointer: Checkpointer | None = None
         self._write_lock = threading.RLock()
         self._txn_depth = 0  # nesting of _transaction in the thread holding _write_lock
         self._process_lock: WriteLock | None = None
@@ -103,7 +105,15 @@ class TaskStore(Records, Admitting, Ending, TaskFiles, Cleanup, Liveness, Readin
         self._db_fd = os.open(self.paths.cache_dir / CACHE_DB, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._process_lock = WriteLock(self.paths.cache_dir)
 
+    def start_checkpoints(self) -> None:
+        """Checkpoint the cache in the background (checkpoint.py) while the store is open."""
+        self._checkpointer = Checkpointer(self.cache, self.paths.cache_dir)
+        self._checkpointer.start()
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
