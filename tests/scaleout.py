@@ -71,6 +71,7 @@ class WorkerHost:
                          "ETL_DIAGNOSTIC_STEPS": "1", "ETL_STOP_GRACE_SECONDS": "2"})
         self.env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
+        self.terminating = False  # SIGTERM sent, exit not yet waited for
 
     def start(self) -> WorkerHost:
         self.log = open(self.folder / "worker.log", "ab")
@@ -90,11 +91,17 @@ class WorkerHost:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM (Celery's warm shutdown) without waiting: ``stop`` then waits for it."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminating:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminating = True
+
     def stop(self) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -106,6 +113,7 @@ class WorkerHost:
         self.proc.wait(10)
         self.log.close()
         self.proc = None
+        self.terminating = False
 
     def log_text(self) -> str:
         return (self.folder / "worker.log").read_text(errors="replace")
@@ -150,8 +158,19 @@ class CeleryServer(Server):
         return super().stop(sig, timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
+        """The API hosts, then the worker host, then Redis (a stop in the middle of a test: in this order)."""
         try:
             return super().stop(sig, timeout)
+        finally:
+            self.host.stop()
+            self.redis.stop()
+
+    def close(self) -> None:
+        """At a fixture's end: the API hosts and the worker host shut down at the same time (their
+        graceful shutdowns take a second or more each, both need Redis), then Redis."""
+        try:
+            self.host.terminate()
+            super().stop()
         finally:
             self.host.stop()
             self.redis.stop()
