@@ -415,6 +415,10 @@ def test_10_a_worker_paused_past_its_limit_resumes_aborts_its_step_and_keeps_the
                               worker_lost_after_seconds=0.5)
     task_id = srv.run("diag_sleep", seconds=120)["task_id"]
     owner = srv.wait_for(task_id, {"running"})["worker"]["pid"]
+    # The test client's kept-alive connection is the owner's (it accepted the run): a read on it
+    # hangs while the owner is paused. Give it up after 2 s (the next poll opens a new connection,
+    # which the other worker accepts) instead of after the client's 30 s.
+    srv.client.timeout = httpx.Timeout(2)
     os.kill(owner, signal.SIGSTOP)
     try:
         lost = srv.wait_for(task_id, timeout=40)
