@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
 from api.orchestration.schedules import nth_business_day, occurrences
@@ -172,7 +173,21 @@ def test_each_occurrence_fires_exactly_once_across_workers_and_after_the_firing_
     owner = srv.client.get("/schedules/every-second").json()["lease"]["owner"]
     victim = int(owner.split(":")[-2])
     os.kill(victim, signal.SIGKILL)
-    time.sleep(8)
+    # Until another worker holds the lease (the killed one's lapses within 5 s) and has caught up
+    # on the occurrences missed meanwhile.
+    deadline = time.monotonic() + 30
+    record: dict = {}
+    while True:
+        try:
+            record = srv.client.get("/schedules/every-second").json()
+        except httpx.TransportError:  # the kept-alive connection was the killed worker's
+            pass
+        else:
+            after = (record.get("lease") or {}).get("owner")
+            if after not in (None, owner) and record["fired_count"] >= 9:
+                break
+        assert time.monotonic() < deadline, f"no other worker took over firing: {record}"
+        time.sleep(0.1)
     srv.wait_workers()
     after = srv.client.get("/schedules/every-second").json()["lease"]["owner"]
     assert after != owner, "another worker took over firing"
@@ -197,7 +212,10 @@ def test_each_occurrence_fires_exactly_once_across_workers_and_after_the_firing_
 def test_missed_runs_after_downtime_follow_the_policy(make_any_server, tmp_path):
     storage = tmp_path / "task_storage"
     srv: Server = make_any_server(storage=storage, schedule_missed_after_seconds=2, anonymous_role="admin")
-    occurrence = dt.datetime.fromtimestamp(int(time.time()) + 15, dt.UTC)
+    # The occurrence falls after the stop below: well past its few seconds (Gunicorn alone stops in
+    # under one, with a worker host and Redis in a few).
+    lead = 6 if srv.backend == "local" else 12
+    occurrence = dt.datetime.fromtimestamp(int(time.time()) + lead, dt.UTC)
     cron = f"{occurrence.second} {occurrence.minute} {occurrence.hour} * * *"  # once a day, while the service is down
     schedule(srv, id="skipper", step="diag_noop", cron=cron, timezone="UTC", missed="skip")
     schedule(srv, id="catch-up", step="diag_noop", cron=cron, timezone="UTC", missed="run_once")
@@ -275,7 +293,14 @@ def test_a_singleton_step_skips_the_occurrences_that_find_it_still_running(make_
     srv: Server = make_any_server(step_policies_file=policies, anonymous_role="admin")
     schedule(srv, id="overlapping", step="diag_flaky", cron="* * * * * *",
              parameters={"key": "overlap", "failures": 0, "seconds": 2.5, "lock": "x"})
-    time.sleep(6)
+    # Until two runs were fired and occurrences found the first still running (about 4 s).
+    deadline = time.monotonic() + 30
+    while True:
+        record = srv.client.get("/schedules/overlapping").json()
+        if record.get("fired_count", 0) >= 2 and record.get("skipped_count", 0) >= 2:
+            break
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
     srv.client.post("/schedules/overlapping/pause")
     record = srv.client.get("/schedules/overlapping").json()
     tasks = [srv.wait_for(t["task_id"], timeout=30) for t in fired_tasks(srv, "overlapping")]
