@@ -122,6 +122,14 @@ class WorkerHost:
 SERVER_ONLY = {"kind", "workers", "probe_headers", "port", "root", "storage_dir", "anonymous_role", "worker_class"}
 
 
+def scale_out_parts(storage: Path, concurrency: int = 4, **settings: Any) -> tuple[RedisServer, WorkerHost]:
+    """The redis-server and the worker host (not started) of a CeleryServer on ``storage`` with ``settings``."""
+    redis_server = RedisServer(storage.parent / "redis", aof=True)
+    host_settings = {k: v for k, v in settings.items() if v is not None and k not in SERVER_ONLY}
+    host = WorkerHost(storage.parent / "worker-host", redis_server.url, concurrency, "host1", **host_settings)
+    return redis_server, host
+
+
 class CeleryServer(Server):
     """A Server in scale-out mode with its own redis-server (AOF, so a restart of the whole service
     keeps its state) and worker host, all started with it and stopped with it.
@@ -130,10 +138,10 @@ class CeleryServer(Server):
     ``stop_api`` stops the API hosts only (their crash or restart, while Redis and the worker host go on).
     """
 
-    def __init__(self, storage: Path, concurrency: int = 4, **settings: Any) -> None:
-        self.redis = RedisServer(storage.parent / "redis", aof=True)
-        host_settings = {k: v for k, v in settings.items() if v is not None and k not in SERVER_ONLY}
-        self.host = WorkerHost(storage.parent / "worker-host", self.redis.url, concurrency, "host1", **host_settings)
+    def __init__(self, storage: Path, concurrency: int = 4, *, parts: tuple[RedisServer, WorkerHost] | None = None,
+                 **settings: Any) -> None:
+        # ``parts``: this server's Redis and worker host, made (and maybe started) ahead by scale_out_parts
+        self.redis, self.host = parts or scale_out_parts(storage, concurrency, **settings)
         super().__init__(storage, backend="celery", redis_url=self.redis.url, **settings)
 
     def start(self, timeout: float = 60) -> CeleryServer:
@@ -191,7 +199,10 @@ BACKENDS = ["local", pytest.param("celery", marks=pytest.mark.skipif(
 
 def start_server(backend: str, storage: Path, **settings: Any) -> Server:
     """A started server in either mode (its worker host ready too), stopped again if it fails to start."""
-    srv = make_backend_server(backend, storage, **settings)
+    return _started(make_backend_server(backend, storage, **settings))
+
+
+def _started(srv: Server) -> Server:
     try:
         srv.start()
         if isinstance(srv, CeleryServer):
@@ -202,14 +213,62 @@ def start_server(backend: str, storage: Path, **settings: Any) -> Server:
     return srv
 
 
+# Scale-out parts started while the same module runs in local mode: (module, fixture) -> (storage, parts)
+_warm: dict[tuple[str, str], tuple[Path, tuple[RedisServer, WorkerHost]]] = {}
+
+
 def backend_server(**settings: Any) -> Any:
-    """A module-scoped server fixture run once per backend: the module's tests hold in both modes."""
+    """A module-scoped server fixture run once per backend: the module's tests hold in both modes.
+
+    While the module's tests run in local mode, the Redis and worker host of its scale-out run are
+    started already (a worker host takes seconds to start, the local tests leave a core idle), so
+    the scale-out run only waits for its API hosts. Nothing is shared between the two runs.
+    """
 
     def fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-        storage = tmp_path_factory.mktemp(f"server-{request.param}") / "task_storage"
-        srv = start_server(request.param, storage, **settings)
-        yield srv
-        srv.close()
+        key = (request.module.__name__, request.fixturename)
+        warm = _warm.pop(key, None) if request.param == "celery" else None
+        if warm is not None:
+            storage, parts = warm
+            srv = _started(CeleryServer(storage, parts=parts, **settings))
+        else:
+            storage = tmp_path_factory.mktemp(f"server-{request.param}") / "task_storage"
+            srv = start_server(request.param, storage, **settings)
+        try:
+            if request.param == "local" and _scale_out_run_follows(request):
+                _warm_up(request, key, tmp_path_factory, settings)
+            yield srv
+        finally:
+            srv.close()
 
     fixture.starts_server = True  # conftest marks the tests that use it `server`
     return pytest.fixture(scope="module", params=BACKENDS)(fixture)
+
+
+def _scale_out_run_follows(request: pytest.FixtureRequest) -> bool:
+    """Some selected test of this module uses this fixture in scale-out mode."""
+    if sys.platform != "linux":
+        return False
+    return any(item.module is request.module and getattr(item, "callspec", None) is not None
+               and item.callspec.params.get(request.fixturename) == "celery" for item in request.session.items)
+
+
+def _warm_up(request: pytest.FixtureRequest, key: tuple[str, str], tmp_path_factory: pytest.TempPathFactory,
+             settings: dict[str, Any]) -> None:
+    storage = tmp_path_factory.mktemp("server-celery") / "task_storage"
+    redis_server, host = parts = scale_out_parts(storage, **settings)
+    try:
+        redis_server.start()
+        host.start()
+    except BaseException:
+        host.stop()
+        redis_server.stop()
+        raise
+    _warm[key] = (storage, parts)
+
+    def unused() -> None:  # the scale-out run was not reached (a failure with -x, an interrupt)
+        if _warm.pop(key, None) is not None:
+            host.stop()
+            redis_server.stop()
+
+    request.node.addfinalizer(unused)
