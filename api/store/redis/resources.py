@@ -9,12 +9,11 @@ free slots meanwhile. A limit set at run time (``keylimit``) is read at every ad
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from api.store.redis import records as R
-from api.store.resources import Resources, retry_wait
-from api.task import Task, TaskStatus, now_iso
+from api.store.resources import WaitFacts, explain_wait
+from api.task import Task
 
 if TYPE_CHECKING:
     from api.store.redis.store import RedisStore
@@ -66,39 +65,20 @@ class RedisResources:
 
     def why_waiting(self: RedisStore, task: Task) -> dict[str, Any] | None:
         """What a queued task waits for: a retry's time, a concurrency key, or the global cap."""
-        if task.status is not TaskStatus.QUEUED:
-            return None
-        counters = self.counters()
-        p50 = counters.duration_quantile(task.step_name, 0.5)
-        if task.retry_due:
-            return retry_wait(task)
+        return explain_wait(self, task, starter="a host")
+
+    def _wait_facts(self: RedisStore, task: Task) -> WaitFacts:
         with self._guarded():
             position = self.r.lpos(R.K_QUEUE, task.task_id)
         ahead = position if position is not None else self.queued_count()
-        running = self.live_running()
-        cap = self.max_running
-        view: dict[str, Any] = {"queue_position": ahead + 1, "tasks_ahead": ahead, "running": running,
-                                "max_concurrent_tasks": cap, "step_p50_seconds": p50}
+        facts = WaitFacts(ahead=ahead, running=self.live_running())
         key = self._key_of(task)
         holders = self.key_holders(key) if key is not None else []
         limit = self.key_limit(key, task.concurrency.get("limit", 1)) if key is not None else 0
         if key is not None and len(holders) >= limit:
-            waiters = self.key_waiters(key)
-            before = waiters.index(task.task_id) if task.task_id in waiters else 0
-            view.update(reason="concurrency_key", key=key, key_limit=limit, blocked_by=holders,
-                        waiting_for_key_ahead=before,
-                        detail=f"key {key} is held by {len(holders)} task(s) (limit {limit}); "
-                               f"{before} task(s) wait for it before this one")
-            wait, basis = Resources._estimate(self, holders, before, limit, counters, p50)
-        elif running >= cap:
+            facts.key, facts.key_holders, facts.key_limit = key, holders, limit
+            facts.key_waiters = self.key_waiters(key)
+        elif facts.running >= self.max_running:
             with self._guarded():
-                holders = sorted(self.r.zrange(R.K_RUNNING, 0, 49))
-            view.update(reason="global_cap", blocked_by=holders,
-                        detail=f"all {cap} slots are taken; {ahead} task(s) are ahead in the queue")
-            wait, basis = Resources._estimate(self, holders, ahead, cap, counters, p50)
-        else:
-            view.update(reason="starting", blocked_by=[], detail="a slot is free; a host is starting it")
-            wait, basis = 0.0, "a slot is free"
-        view["estimated_start"] = now_iso(time.time() + wait) if wait is not None else None
-        view["estimate_basis"] = basis
-        return view
+                facts.slot_holders = sorted(self.r.zrange(R.K_RUNNING, 0, 49))
+        return facts
