@@ -127,8 +127,18 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(_body(exc.detail, **exc.extra), status_code=exc.status_code, headers=exc.headers)
 
 
+def _unread_body(request: Request, error: dict[str, Any]) -> dict[str, Any]:
+    """A body FastAPI did not read as JSON (no JSON media type) reaches validation as bytes, and
+    "not a valid dictionary" would hide why: say what to send instead."""
+    if tuple(error.get("loc", ())) != ("body",) or not isinstance(error.get("input"), bytes):
+        return error
+    content_type = request.headers.get("content-type")
+    sent = f"as {content_type}" if content_type else "without a Content-Type"
+    return {**error, "msg": f"the body must be JSON sent with Content-Type: application/json (it came {sent})"}
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    raw = list(exc.errors())
+    raw = [_unread_body(request, error) for error in exc.errors()]
     if any(e.get("type") == "json_invalid" for e in raw):
         where = next((e.get("ctx", {}).get("error") for e in raw if e.get("type") == "json_invalid"), None)
         reason = f" ({where})" if where else ""

@@ -184,6 +184,19 @@ def test_15_hostile_json_is_a_clear_4xx_on_every_endpoint(plain: Server):
     assert "unexpected error" not in plain.log_text()
 
 
+def test_a_body_sent_without_a_json_content_type_is_told_what_to_send(plain: Server):
+    # curl -d '{...}' without -H sends application/x-www-form-urlencoded: FastAPI does not read it as JSON.
+    for content_type, came in (("application/x-www-form-urlencoded", "as application/x-www-form-urlencoded"),
+                               ("text/plain", "as text/plain"), (None, "without a Content-Type")):
+        headers = {"content-type": content_type} if content_type else {}
+        answer = plain.client.post("/run/diag_noop", content=b'{"parameters": {}}', headers=headers)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["loc"] == ["body"]
+        assert f"must be JSON sent with Content-Type: application/json (it came {came})" in answer.json()["detail"]
+    wrong_shape = plain.client.post("/run/diag_noop", json=[1])
+    assert wrong_shape.status_code == 422 and "valid dictionary" in wrong_shape.json()["detail"]
+
+
 def test_15_schedule_bounds_for_an_admin(make_server, tmp_path):
     """Finding 15: /cleanup/schedule with interval_seconds 1e308 or a 10,000-character time zone is a 422."""
     srv: Server = make_server(tmp_path / "admin", workers=1, anonymous_role="admin")
