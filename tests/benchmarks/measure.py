@@ -7,11 +7,10 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 from typing import Any
 
-from tests.benchmarks.peer import cpu_seconds
+from tests.benchmarks.peer import cpu_seconds, run_clients
 from tests.server import Server
 
 
@@ -65,33 +64,38 @@ def _completed(conn: Conn) -> int:
     return conn.request("GET", "/stats")[1]["tasks"]["by_status"]["completed"]
 
 
-def burst(srv: Server, total: int = 1000, clients: int = 16) -> dict[str, Any]:
-    """``total`` no-op tasks submitted by ``clients`` threads; tasks/s until the last one completed."""
+def burst(srv: Server, total: int = 1000, clients: int = 16, *, step: str = "diag_noop",
+          parameters: dict[str, Any] | None = None, pids: list[int] | None = None, probe_seconds: float = 0.005,
+          timeout: float = 600) -> dict[str, Any]:
+    """``total`` tasks of ``step`` submitted by ``clients`` threads; tasks/s until the last one
+    completed (``/stats`` probed every ``probe_seconds``), and the CPU of ``pids`` (the server's
+    by default, with their children) over that time."""
+    pids = pids or [srv.proc.pid]
     probe = Conn(srv.port)
     before = _completed(probe)
     errors: list[str] = []
+    body = {"parameters": parameters} if parameters else None
 
     def client(count: int) -> None:
         conn = Conn(srv.port)
         for _ in range(count):
-            code, body = conn.request("POST", "/run/diag_noop")
+            code, answer = conn.request("POST", f"/run/{step}", body)
             if code != 202:
-                errors.append(f"{code} {body}")
+                errors.append(f"{code} {answer}")
 
-    counts = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-    threads = [threading.Thread(target=client, args=(n,)) for n in counts]
-    cpu_before = cpu_seconds([srv.proc.pid])
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    cpu_before = cpu_seconds(pids)
+    started = run_clients(total, clients, client)
     submitted = time.perf_counter() - started
-    while _completed(probe) - before < total:
-        time.sleep(0.005)
+    deadline = time.monotonic() + timeout
+    while _completed(probe) - before < total - len(errors):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{total} {step} tasks not completed in {timeout} s")
+        time.sleep(probe_seconds)
     took = time.perf_counter() - started
+    cpu = cpu_seconds(pids) - cpu_before
     return {"tasks_per_second": total / took, "submits_per_second": total / submitted, "errors": len(errors),
-            "cpu_ms_per_task": 1000 * (cpu_seconds([srv.proc.pid]) - cpu_before) / total}
+            "first_error": errors[0] if errors else None, "cpu_ms_per_task": 1000 * cpu / total,
+            "cores_busy": cpu / took}
 
 
 def _wrk(url: str, seconds: int = 5) -> float | None:

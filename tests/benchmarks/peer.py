@@ -47,6 +47,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def run_clients(total: int, clients: int, work) -> float:
+    """``work(count)`` in ``clients`` threads that share ``total`` between them; returns the
+    perf_counter at which they started (they have all ended when this returns)."""
+    threads = [threading.Thread(target=work, args=(total // clients + (1 if i < total % clients else 0),))
+               for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return started
+
+
 class Peer:
     """redis-server (no persistence) + ``celery worker --pool prefork -c 2 -O fair --prefetch-multiplier 1``."""
 
@@ -137,15 +150,8 @@ class Peer:
     def burst(self, total: int, clients: int) -> dict[str, Any]:
         """``total`` no-op tasks sent from ``clients`` threads; tasks/s until the last one ran."""
         before = int(self.redis.get(self.counter_key) or 0)
-        counts = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-        threads = [threading.Thread(target=lambda n=n: [self.noop_counted.delay() for _ in range(n)])
-                   for n in counts]
         cpu_before = cpu_seconds(self.pids())
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        started = run_clients(total, clients, lambda n: [self.noop_counted.delay() for _ in range(n)])
         submitted = time.perf_counter() - started
         while int(self.redis.get(self.counter_key) or 0) - before < total:
             time.sleep(0.005)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ import psutil
 from api.settings import Settings
 from tests.benchmarks import compare
 from tests.benchmarks import measure as bench
-from tests.benchmarks.peer import cpu_seconds
 from tests.scaleout import RedisServer, WorkerHost
 from tests.server import Server
 
@@ -194,38 +192,11 @@ def timed_burst(srv: Server, pids: list[int], total: int, step: str = "diag_noop
     every 5: in celery mode one ``/stats`` costs ~2.5 ms of CPU, so a 5 ms probe alone took about a
     third of a core and a third of the CPU per task on this 2-core machine.
     """
-    probe = bench.Conn(srv.port)
-    before = bench._completed(probe)
-    errors: list[str] = []
-    body = {"parameters": parameters} if parameters else None
-
-    def client(count: int) -> None:
-        conn = bench.Conn(srv.port)
-        for _ in range(count):
-            code, answer = conn.request("POST", f"/run/{step}", body)
-            if code != 202:
-                errors.append(f"{code} {answer}")
-
-    threads = [threading.Thread(target=client, args=(total // clients + (1 if i < total % clients else 0),))
-               for i in range(clients)]
-    cpu_before = cpu_seconds(pids)
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    submitted = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"{len(errors)} submits refused, first: {errors[0]}")
-    deadline = time.monotonic() + timeout
-    while bench._completed(probe) - before < total:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{total} {step} tasks not completed in {timeout} s")
-        time.sleep(0.05)
-    took = time.perf_counter() - started
-    cpu = cpu_seconds(pids) - cpu_before
-    return {"tasks_per_second": total / took, "submits_per_second": total / submitted,
-            "cpu_ms_per_task": 1000 * cpu / total, "cores_busy": cpu / took}
+    result = bench.burst(srv, total, clients, step=step, parameters=parameters, pids=pids, probe_seconds=0.05,
+                         timeout=timeout)
+    if result["errors"]:
+        raise RuntimeError(f"{result['errors']} submits refused, first: {result['first_error']}")
+    return result
 
 
 def host_scaling(cluster: Cluster, rounds: int, seconds: float, per_host: int) -> list[dict[str, Any]]:
