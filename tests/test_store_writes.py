@@ -3,10 +3,13 @@ encoded /status of ended tasks, against a real diskcache in a temporary folder."
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,14 +38,24 @@ def _hold_lock(folder: str, held, release) -> None:
     lock.release()
 
 
-@posix_only
-def test_a_writer_waits_for_another_process_holding_the_write_lock(store: TaskStore):
+@contextlib.contextmanager
+def _other_process_holding_the_lock(store: TaskStore) -> Iterator[tuple[Any, Any]]:
+    """Another process that holds the store's write lock until ``release`` is set: (holder, release)."""
     context = multiprocessing.get_context("spawn")
     held, release = context.Event(), context.Event()
     holder = context.Process(target=_hold_lock, args=(str(store.paths.cache_dir), held, release))
     holder.start()
     try:
         assert held.wait(30)
+        yield holder, release
+    finally:
+        release.set()
+        holder.join(30)
+
+
+@posix_only
+def test_a_writer_waits_for_another_process_holding_the_write_lock(store: TaskStore):
+    with _other_process_holding_the_lock(store) as (_, release):
         store.heartbeat(ME)
         # The event loop's kind of call does not wait: it hears StoreBusy while the lock is taken.
         with pytest.raises(StoreBusy):
@@ -55,9 +68,6 @@ def test_a_writer_waits_for_another_process_holding_the_write_lock(store: TaskSt
         release.set()
         waiter.join(30)
         assert answers and answers[0][0].status is TaskStatus.RUNNING
-    finally:
-        release.set()
-        holder.join(30)
 
 
 def test_grouped_admission_keeps_order_cap_and_refuses_only_the_refused(store: TaskStore):
@@ -129,13 +139,8 @@ def _acquire_in_thread(lock: WriteLock, timeout: float) -> bool:
 
 @posix_only
 def test_a_writer_gives_up_after_the_store_timeout_and_the_lock_still_works(store: TaskStore):
-    context = multiprocessing.get_context("spawn")
-    held, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(store.paths.cache_dir), held, release))
-    holder.start()
-    lock = WriteLock(store.paths.cache_dir)
-    try:
-        assert held.wait(30)
+    with contextlib.closing(WriteLock(store.paths.cache_dir)) as lock, \
+            _other_process_holding_the_lock(store) as (holder, release):
         # A holder that never lets go (a stopped process): the wait ends, the caller answers 503.
         assert _acquire_in_thread(lock, 0.2) is False
         release.set()
@@ -143,10 +148,6 @@ def test_a_writer_gives_up_after_the_store_timeout_and_the_lock_still_works(stor
         # The abandoned wait let the lock go once it got it: the next writer gets it.
         assert _acquire_in_thread(lock, 30) is True
         lock.release()
-    finally:
-        release.set()
-        holder.join(30)
-        lock.close()
 
 
 def _write_tasks(store: TaskStore, count: int) -> None:
