@@ -203,3 +203,30 @@ def test_one_process_of_the_machine_checkpoints_and_another_takes_over_when_it_s
             os.close(second._lock_fd)
         for each in stores:
             each.close()
+
+
+def test_reads_are_not_memory_mapped_on_any_connection(tmp_path):
+    # A mapped database is unmapped and mapped again by every read that follows another process's
+    # commit (a TLB flush on every core each time); the store reads through SQLite's page cache.
+    import diskcache
+
+    folder = tmp_path / "storage"
+    made = TaskStore(folder, tmp_path / "runs", tmp_path / "out", ttl_seconds=3600, max_running=2, max_queued=3,
+                     worker_lost_after_seconds=3)
+    cache_dir = made.paths.cache_dir
+    cache_dir.mkdir(parents=True)
+    legacy = diskcache.Cache(str(cache_dir))  # made with diskcache's defaults: a 64 MB map
+    assert legacy._con.execute("PRAGMA mmap_size").fetchone()[0] == 64 * 1024 * 1024
+    legacy.close()
+
+    made.open()
+    try:
+        seen: list[int] = []
+        reader = threading.Thread(target=lambda: seen.append(made.cache._con.execute("PRAGMA mmap_size").fetchone()[0]))
+        reader.start()
+        reader.join(10)
+        assert seen == [0]  # another thread's own connection
+        assert made.cache._con.execute("PRAGMA mmap_size").fetchone()[0] == 0
+        made.submit(_task(), ME, None)
+    finally:
+        made.close()
