@@ -230,3 +230,58 @@ def test_reads_are_not_memory_mapped_on_any_connection(tmp_path):
         made.submit(_task(), ME, None)
     finally:
         made.close()
+
+
+@posix_only
+def test_task_ends_that_meet_at_the_write_lock_share_one_commit_and_keep_their_own_answers(store: TaskStore,
+                                                                                         tmp_path):
+    store.max_running = 8
+    store.heartbeat(ME)
+    tasks = [store.submit(_task(), ME, None)[0] for _ in range(6)]
+    assert all(t.status is TaskStatus.RUNNING for t in tasks)
+    commits_before = store._commits.commits
+    answers: dict[str, Any] = {}
+
+    def end(task: Task) -> None:
+        try:
+            if task is tasks[2]:
+                def refuse(_: Task) -> bool:
+                    raise ValueError("this change is refused")
+                answers[task.task_id] = store.update(task.task_id, refuse)
+            else:
+                answers[task.task_id] = store.finish(task.task_id, TaskStatus.COMPLETED, "done", owner=ME.id)
+        except Exception as exc:
+            answers[task.task_id] = exc
+
+    with _other_process_holding_the_lock(store) as (_, release):
+        threads = [threading.Thread(target=end, args=(task,)) for task in tasks]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        assert not answers  # every end waits for the other process: none is durable yet
+        release.set()
+        for thread in threads:
+            thread.join(30)
+
+    assert 1 <= store._commits.commits - commits_before < len(tasks)  # ends that met shared a commit
+    assert isinstance(answers[tasks[2].task_id], ValueError)
+    # What the refused change wrote was undone; the other ends are durable, as another process reads them.
+    other = TaskStore(store.paths.root, tmp_path / "r", tmp_path / "o", ttl_seconds=3600, max_running=8,
+                      max_queued=3, worker_lost_after_seconds=3)
+    other.open()
+    try:
+        for task in tasks:
+            status = other.get(task.task_id).status
+            assert status is (TaskStatus.RUNNING if task is tasks[2] else TaskStatus.COMPLETED)
+            if task is not tasks[2]:
+                assert answers[task.task_id].status is TaskStatus.COMPLETED
+    finally:
+        other.close()
+
+
+def test_a_change_made_inside_a_transaction_joins_it(store: TaskStore):
+    store.heartbeat(ME)
+    task = store.submit(_task(), ME, None)[0]
+    with store._transaction():  # the thread already holds the lock: no wait for itself
+        ended = store.finish(task.task_id, TaskStatus.COMPLETED, "done", owner=ME.id)
+    assert ended.status is TaskStatus.COMPLETED and store.get(task.task_id).status is TaskStatus.COMPLETED

@@ -62,13 +62,14 @@ class Admitting:
     def submit_group(self: TaskStore, items: list[tuple[Task, tuple[str, str] | None, tuple[str, float] | None]],
                      worker: WorkerInfo) -> list[tuple[Task, bool] | ApiError]:
         """Admit several tasks (task, idempotency, rate) in one transaction, in their order: one
-        commit and one wait for the write lock instead of one each. Each gets what ``submit``
-        would answer, or the ApiError refusing it (that task's writes undone, the others kept);
-        an error of the store itself refuses them all (raised)."""
+        commit and one wait for the write lock instead of one each (shared with the task ends of
+        the moment). Each gets what ``submit`` would answer, or the ApiError refusing it (that
+        task's writes undone, the others kept); an error of the store itself refuses them all (raised)."""
         self.check_database()
         alive = self.alive_recently()
-        answers: list[tuple[Task, bool] | ApiError] = []
-        with self._transaction():
+
+        def admit_all() -> list[tuple[Task, bool] | ApiError]:
+            answers: list[tuple[Task, bool] | ApiError] = []
             for task, idempotency, rate in items:
                 try:
                     with savepoint(self.cache):
@@ -77,6 +78,9 @@ class Admitting:
                     answers.append(exc)
                     continue
                 answers.append((found, True) if found is not None else (task, False))
+            return answers
+
+        answers = self._grouped(admit_all)
         self.check_database()
         for answer in answers:
             if not isinstance(answer, ApiError) and not answer[1]:

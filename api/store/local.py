@@ -18,15 +18,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 
 from api.errors import StorageUnavailable
 from api.store.admitting import Admitting
-from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache
+from api.store.cachedb import CACHE_DB, key_count, key_range, open_cache, savepoint
 from api.store.checkpoint import Checkpointer
 from api.store.cleanup import Cleanup
+from api.store.commit_group import CommitGroup
 from api.store.ending import Ending
 from api.store.events import EventLog
 from api.store.files import FileWriter, StoragePaths
@@ -44,6 +45,8 @@ from api.store.writelock import WriteLock
 from api.task import Task
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StoreBusy(Exception):
@@ -83,6 +86,8 @@ class TaskStore(Records, Admitting, Ending, TaskFiles, Cleanup, Liveness, Readin
         self._checkpointer: Checkpointer | None = None
         self._write_lock = threading.RLock()
         self._txn_depth = 0  # nesting of _transaction in the thread holding _write_lock
+        self._txn_thread: int | None = None  # that thread
+        self._commits = CommitGroup(self._transaction, lambda: savepoint(self.cache))
         self._process_lock: WriteLock | None = None
         self._alive_seen: tuple[float, set[str]] = (0.0, set())
         self._status_bodies: dict[str, tuple[str, float, bytes]] = {}  # task id -> (row, expires, /status body)
@@ -176,6 +181,7 @@ class TaskStore(Records, Admitting, Ending, TaskFiles, Cleanup, Liveness, Readin
             raise StoreBusy()
         lock = self._process_lock if self._txn_depth == 0 else None
         self._txn_depth += 1
+        self._txn_thread = threading.get_ident()
         locked = False
         deadline = time.monotonic() + self._cache_timeout
         try:
@@ -199,9 +205,18 @@ class TaskStore(Records, Admitting, Ending, TaskFiles, Cleanup, Liveness, Readin
                 yield
         finally:
             self._txn_depth -= 1
+            if self._txn_depth == 0:
+                self._txn_thread = None
             if locked:
                 lock.release()
             self._write_lock.release()
+
+    def _grouped(self, work: Callable[[], T]) -> T:
+        """``work()`` in a write transaction shared with the other threads of this process that
+        write meanwhile (commit_group.py); inside the caller's own transaction if it is in one."""
+        if self._txn_thread == threading.get_ident():
+            return work()
+        return self._commits.run(work)
 
     def _read(self, read: Callable[[], Any]) -> Any:
         """Run a read, retrying briefly in the rare case SQLite reports the database busy."""

@@ -124,14 +124,20 @@ class Records:
                 self.cache.delete(K_DIRTY + task_id)
 
     def update(self: TaskStore, task_id: str, change: Callable[[Task], bool]) -> Task | None:
-        """Apply ``change`` to the task in one transaction (it returns False to leave it as is)."""
-        with self._transaction():
+        """Apply ``change`` to the task in one transaction (it returns False to leave it as is),
+        committed together with the other threads' changes of the moment."""
+
+        def apply() -> tuple[Task | None, bool]:
             task = self._load(task_id)
             if task is None:
-                return None
+                return None, False
             previous, history_before = task.status, len(task.history)
             if not change(task):
-                return task
+                return task, False
             self._write(task, previous, history_before=history_before)
-        self._sync_file(task)
+            return task, True
+
+        task, changed = self._grouped(apply)
+        if changed:
+            self._sync_file(task)
         return task
