@@ -196,7 +196,7 @@ def _wait_seconds(request: Request) -> float:
 class PathTextRoute(StrictJsonRoute):
     """A route whose endpoint takes the request and text path parameters only, called without
     FastAPI's parameter solving: a text path parameter cannot fail validation, and solving it
-    cost a third of GET /status's time in the app. The OpenAPI document is the declared one."""
+    was about half of GET /status's time in the app. The OpenAPI document is the declared one."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint = self.endpoint

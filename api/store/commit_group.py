@@ -4,7 +4,7 @@ When a task thread records its end while another thread of the process waits for
 write lock (or holds it), it does not queue for the lock itself: it hands its change to that
 thread, which applies every change handed to it in one transaction, each in its own savepoint,
 and commits once. A burst's task ends come together like this; one commit and one pass of the
-cross-process lock instead of one each was a sixth of a no-op task's CPU. Every caller returns
+cross-process lock instead of one each gave 1.14x the burst at 0.94x the CPU. Every caller returns
 only after the commit that made its change durable, with its own answer or its own exception.
 """
 
