@@ -205,10 +205,13 @@ def test_one_process_of_the_machine_checkpoints_and_another_takes_over_when_it_s
             each.close()
 
 
-def test_reads_are_not_memory_mapped_on_any_connection(tmp_path):
+def test_every_connection_reads_without_a_map_and_with_a_small_page_cache(tmp_path):
     # A mapped database is unmapped and mapped again by every read that follows another process's
-    # commit (a TLB flush on every core each time); the store reads through SQLite's page cache.
+    # commit (a TLB flush on every core each time); the store reads through SQLite's page cache,
+    # which is kept small: each thread has a connection of its own.
     import diskcache
+
+    from api.store.cachedb import CACHE_PAGES
 
     folder = tmp_path / "storage"
     made = TaskStore(folder, tmp_path / "runs", tmp_path / "out", ttl_seconds=3600, max_running=2, max_queued=3,
@@ -217,16 +220,21 @@ def test_reads_are_not_memory_mapped_on_any_connection(tmp_path):
     cache_dir.mkdir(parents=True)
     legacy = diskcache.Cache(str(cache_dir))  # made with diskcache's defaults: a 64 MB map
     assert legacy._con.execute("PRAGMA mmap_size").fetchone()[0] == 64 * 1024 * 1024
+    assert legacy._con.execute("PRAGMA cache_size").fetchone()[0] == 8192
     legacy.close()
 
     made.open()
     try:
-        seen: list[int] = []
-        reader = threading.Thread(target=lambda: seen.append(made.cache._con.execute("PRAGMA mmap_size").fetchone()[0]))
+        def pragmas() -> tuple[int, int]:
+            con = made.cache._con
+            return con.execute("PRAGMA mmap_size").fetchone()[0], con.execute("PRAGMA cache_size").fetchone()[0]
+
+        seen: list[tuple[int, int]] = []
+        reader = threading.Thread(target=lambda: seen.append(pragmas()))
         reader.start()
         reader.join(10)
-        assert seen == [0]  # another thread's own connection
-        assert made.cache._con.execute("PRAGMA mmap_size").fetchone()[0] == 0
+        assert seen == [(0, CACHE_PAGES)]  # another thread's own connection
+        assert pragmas() == (0, CACHE_PAGES) and CACHE_PAGES < 8192
         made.submit(_task(), ME, None)
     finally:
         made.close()
