@@ -11,6 +11,9 @@ so a listener never holds more memory than that).
 A task stream is ``status``/``progress`` events from the feed, ``log`` events read from the
 task's log file (numbered by line), and a final ``end``. Its ids are ``<event>-<line>``: a
 stream resumed after an id sends exactly what came after it.
+
+When the server stops, its open streams end at once (``end_open_streams``) instead of holding
+the shutdown for the whole connection drain; clients reconnect with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -73,14 +77,24 @@ class Listener:
         self.ready.set()
 
 
+_hubs: weakref.WeakSet[EventHub] = weakref.WeakSet()
+
+
+def end_open_streams() -> int:
+    """End every stream of this process (the server is stopping); how many were open."""
+    return sum(hub.end_streams() for hub in list(_hubs))
+
+
 class EventHub:
     """This process's reader of the change feed (used on the event loop only)."""
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
         self.last = 0
+        self.closing = False  # the server is stopping: streams end instead of waiting
         self._listeners: set[Listener] = set()
         self._reader: asyncio.Task | None = None
+        _hubs.add(self)
 
     @property
     def listeners(self) -> int:
@@ -98,6 +112,13 @@ class EventHub:
             yield listener
         finally:
             self._listeners.discard(listener)
+
+    def end_streams(self) -> int:
+        """Wake every listener to end its stream; how many there were."""
+        self.closing = True
+        for listener in self._listeners:
+            listener.ready.set()
+        return len(self._listeners)
 
     def close(self) -> None:
         """Stop the reader (at shutdown; open streams are closed by the server)."""
@@ -161,7 +182,10 @@ def parse_feed_cursor(value: str | None) -> int | None:
 
 async def _next_events(hub: EventHub, listener: Listener, cursor: int, task_id: str | None,
                        timeout: float | None = None) -> list[dict[str, Any]]:
-    """The next events above ``cursor``: from the queue, or from the store after an overflow."""
+    """The next events above ``cursor``: from the queue, or from the store after an overflow
+    (none once the server is stopping)."""
+    if hub.closing:
+        return []
     if not listener.queue and not listener.overflowed:
         listener.ready.clear()
         if timeout is None:
@@ -253,7 +277,10 @@ class TaskStream:
                     yield item
                 ended = task.status.terminal
             while not ended:
-                for event in await _next_events(self.hub, listener, self.seq, self.task_id):
+                events = await _next_events(self.hub, listener, self.seq, self.task_id)
+                if self.hub.closing:
+                    return  # no `end`: the task goes on, and the client resumes elsewhere
+                for event in events:
                     for item in self._event_items(event):
                         yield item
                     if _ends(event):
@@ -269,7 +296,7 @@ class TaskStream:
 
 async def feed_items(store: TaskStore, hub: EventHub, cursor: int | None, steps: frozenset[str],
                      statuses: frozenset[str]) -> AsyncIterator[Item]:
-    """Every task's status and progress events (filtered), after ``cursor``; never ends."""
+    """Every task's status and progress events (filtered), after ``cursor``; ends only when the server stops."""
     with hub.listen(steps=steps, statuses=statuses) as listener:
         seq = listener.floor
         if cursor is not None and store.first_event_id() - 1 <= cursor <= store.last_event_id():
@@ -280,7 +307,7 @@ async def feed_items(store: TaskStore, hub: EventHub, cursor: int | None, steps:
             yield Item("reset", str(seq), {"last_event_id": seq, "detail": "Events were missed; reload the list."})
         else:
             yield Item("ready", str(seq), {"last_event_id": seq})
-        while True:
+        while not hub.closing:
             for event in await _next_events(hub, listener, seq, None):
                 seq = event["id"]
                 yield Item(event["kind"], str(seq), {k: v for k, v in event.items() if k != "kind"})

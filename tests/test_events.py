@@ -15,7 +15,7 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, Request, TextMessage
 
-from tests.scaleout import CeleryServer, backend_server
+from tests.scaleout import BACKENDS, CeleryServer, backend_server, start_server
 from tests.server import Server
 
 # Every stream holds in both modes: in scale-out mode the events come from Redis, and the steps run
@@ -338,3 +338,41 @@ def test_events_and_websocket_need_a_key(keyed: Server) -> None:
     foreign = Socket(keyed, headers=[(b"x-api-key", b"viewer-key-0001"), (b"origin", b"http://evil.example")])
     foreign.close()
     assert isinstance(foreign.accepted, (RejectConnection, CloseConnection)), foreign.accepted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_open_streams_end_cleanly_when_the_server_stops(backend: str, tmp_path: Path) -> None:
+    # A stream never ends by itself: the server ends it as it starts to stop, so it does not hold the
+    # connection drain for its whole length and then get cut off mid-message.
+    srv = start_server(backend, tmp_path / "task_storage", workers=2)
+    opened = {name: threading.Event() for name in ("global", "task")}
+    outcomes: dict[str, object] = {}
+
+    def follow(name: str, path: str) -> None:
+        events: list[str] = []
+        try:
+            with httpx.Client(base_url=srv.url, timeout=60) as client, client.stream("GET", path) as response:
+                for line in response.iter_lines():
+                    if line.startswith("event: "):
+                        events.append(line[len("event: "):])
+                        opened[name].set()
+            outcomes[name] = events
+        except httpx.HTTPError as exc:  # cut off mid-stream (an incomplete chunked body)
+            outcomes[name] = exc
+
+    try:
+        task = srv.run("diag_sleep", seconds=120)
+        readers = [threading.Thread(target=follow, args=("global", "/events")),
+                   threading.Thread(target=follow, args=("task", f"/events/{task['task_id']}"))]
+        for reader in readers:
+            reader.start()
+        assert all(event.wait(30) for event in opened.values())
+        getattr(srv, "stop_api", srv.stop)()
+        for reader in readers:
+            reader.join(30)
+        assert outcomes["global"] == ["ready"], outcomes["global"]
+        assert isinstance(outcomes["task"], list) and outcomes["task"][0] == "status", outcomes["task"]
+        assert "end" not in outcomes["task"]  # the task did not end; its stream did, without a false `end`
+        assert "timeout graceful shutdown exceeded" not in srv.log_text()
+    finally:
+        srv.close()
