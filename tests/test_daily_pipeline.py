@@ -42,7 +42,9 @@ def test_daily_backoffice_downloads_files_loads_and_controls(make_any_server, po
     pipeline_id = response.json()["task_id"]
     final = srv.wait_for(pipeline_id, timeout=240)
     nodes = final["pipeline"]["nodes"]
-    assert final["status"] == "completed", {n: (v["state"], v["reason"]) for n, v in nodes.items()}
+    failed = {n: srv.client.get(f"/output/{v['task_id']}").json().get("error", {}).get("message")
+              for n, v in nodes.items() if v["state"] == "failed" and v["task_id"]}
+    assert final["status"] == "completed", ({n: (v["state"], v["reason"]) for n, v in nodes.items()}, failed)
     assert final["pipeline"]["summary"]["succeeded"] == 6
 
     def output(node: str) -> dict:
