@@ -26,7 +26,7 @@ class ControlLoop:
     """The control thread's work on this worker's tasks (mixed into Runner)."""
 
     def _loop(self: Runner) -> None:
-        last_beat = last_sweep = 0.0
+        last_beat = last_sweep = last_fill = 0.0
         while not self._closing.is_set() or self._has_tasks():
             try:
                 now = time.monotonic()
@@ -42,7 +42,10 @@ class ControlLoop:
                 self._watch_tasks(now)
                 self._retry_unrecorded()
                 if not self._closing.is_set():
-                    self._start_queued()
+                    anywhere = now - last_fill >= TICK_SECONDS
+                    if anywhere:
+                        last_fill = now
+                    self._start_queued(anywhere)
             except Exception:
                 logger.exception("runner loop error (retrying)")
             self._wake.wait(TICK_SECONDS)
@@ -119,12 +122,19 @@ class ControlLoop:
         with self._lock:
             self._tasks.pop(item.task_id, None)
             self.abandoned += 1
+            self.freed += 1
         self._wake.set()
 
-    def _start_queued(self: Runner) -> None:
-        while not self._closing.is_set():
+    def _start_queued(self: Runner, anywhere: bool) -> None:
+        """Start queued tasks in the slots this worker freed since the last pass, and on a tick
+        in any free slot. Woken at once by its own ends, a worker would otherwise also take the
+        slots other workers just freed, and soon run every task alone on one GIL."""
+        with self._lock:
+            budget, self.freed = self.freed, 0
+        while not self._closing.is_set() and (anywhere or budget > 0):
             task = self.store.claim_next(self.worker)
             if task is None:
                 return
+            budget -= 1
             logger.info("task %s: starting from the queue", task.task_id)
             self.launch(task)

@@ -79,6 +79,7 @@ class Runner(ControlLoop):
         self._log_handler = runtime.TaskLogHandler()
         self._log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self.abandoned = 0
+        self.freed = 0  # slots this worker freed since its control loop last filled them
         # Called with each task this worker ended (pipelines advance at once when a node ends).
         self.on_task_end: Callable[[Task], None] | None = None
         self.policies = StepPolicies(settings.step_policies_file)
@@ -241,6 +242,7 @@ class Runner(ControlLoop):
                 self._tasks.pop(task.task_id, None)
                 _ended_here += 1
                 _running_here -= 1
+                self.freed += 1
             item.done.set()
             self._wake.set()
         if ended is not None and self.on_task_end is not None:
