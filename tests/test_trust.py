@@ -141,11 +141,12 @@ def small_disk(tmp_path):
 
 def _fill(folder: Path) -> Path:
     filler = folder / "filler.bin"
-    with open(filler, "wb") as out:
+    # Unbuffered: a buffered file keeps the bytes of the write that failed, and closing it tries
+    # to write them again (an ENOSPC out of the `with`, seen once).
+    with open(filler, "wb", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError:
             pass
     return filler
