@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -107,12 +108,25 @@ def _partial(name: str) -> bool:
     return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES)
 
 
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Name -> size of the files in ``folder`` now."""
+    sizes = {}
+    for path in folder.iterdir():
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile: Chromium turns "<name>.crdownload" into "<name>"
+        if stat.S_ISREG(info.st_mode):
+            sizes[path.name] = info.st_size
+    return sizes
+
+
 def wait_for_download(folder: Path, before: set[str], timeout: float, what: str) -> Path:
     """The file a click just downloaded into ``folder``: new since ``before``, complete and settled."""
     deadline = time.monotonic() + timeout
     seen: tuple[str, int] | None = None
     while True:
-        sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+        sizes = _file_sizes(folder)
         partial = [n for n in sizes if _partial(n)]
         done = sorted(n for n in sizes.keys() - before if not _partial(n))
         if done and not partial:
